@@ -1,0 +1,398 @@
+"""Samplers: pure functions that walk a sigma grid with a denoiser D(x, sigma) -> x0 (k-diffusion style).
+
+Every sampler works on x = x0 + sigma * noise (k-diffusion's variable); the DDPM-family samplers
+(ddim, plms, ddpm) and the VP solvers (dpmpp, unipc) are the same formulas written in that variable.
+Each reproduces the diffusers scheduler built from SD v1.5's scheduler config: same timesteps, same
+sigmas, same starting latents and the same noise draws for a CPU generator of the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldm import schedule
+from ldm.errors import ConfigError
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
+Callback = Callable[[int, int, Tensor], None]  # (step, total, x)
+Generators = list[torch.Generator] | None  # one per batch element, so each image reproduces alone
+
+
+@dataclass(frozen=True)
+class Spec:
+    spacing: str  # how diffusers spaces this sampler's timesteps for SD v1.5
+    karras: bool  # whether the reference offers Karras sigmas for it
+    vp: bool  # starts from unit-variance noise (DDPM-family, VP solvers) rather than sigma_max-scaled noise
+    final_sigma_min: bool = False  # ends at sigma(t=0) instead of 0 (set_alpha_to_one=False)
+
+
+SPECS = {
+    "ddim": Spec("leading", karras=False, vp=True, final_sigma_min=True),
+    "plms": Spec("leading", karras=False, vp=True, final_sigma_min=True),
+    "ddpm": Spec("leading", karras=False, vp=True),
+    "euler": Spec("linspace", karras=True, vp=False),
+    "euler_a": Spec("linspace", karras=False, vp=False),  # diffusers' EulerAncestral has no Karras option
+    "heun": Spec("linspace", karras=True, vp=False),
+    "dpm2": Spec("linspace", karras=True, vp=False),
+    "lms": Spec("linspace", karras=True, vp=False),
+    "dpmpp_2m": Spec("linspace_int", karras=True, vp=True),
+    "dpmpp_2m_sde": Spec("linspace_int", karras=True, vp=True),
+    "unipc": Spec("linspace_int", karras=True, vp=True),
+}
+DEFAULT_SAMPLER = "plms"  # SD v1.5's scheduler config names PNDMScheduler (with skip_prk_steps: PLMS)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A sampler's grid: sigmas to walk (descending, last = where it ends) and the model timestep of each."""
+
+    name: str
+    sigmas: Tensor  # float32
+    timesteps: dict[float, float] = field(hash=False)
+
+    @property
+    def init_scale(self) -> float:
+        """Initial latents = unit noise * this (diffusers' init_noise_sigma, in x = x0 + sigma * noise)."""
+        s0 = float(self.sigmas[0])
+        return math.sqrt(s0**2 + 1) if SPECS[self.name].vp else s0
+
+    def timestep(self, sigma: Tensor) -> Tensor:
+        """The U-Net timestep for a sigma: the grid's own where it has one, else log-sigma interpolation."""
+        key = float(sigma.reshape(-1)[0])
+        t = self.timesteps.get(key)
+        return torch.tensor(float(schedule.sigma_to_t(key)[0]) if t is None else t, dtype=torch.float32)
+
+
+def check(name: str, steps: int, *, karras: bool = False, eta: float = 0.0) -> None:
+    if name not in SPECS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SPECS)}")
+    if not isinstance(steps, int) or not 1 <= steps <= schedule.TRAIN_STEPS:
+        raise ConfigError(f"steps must be a whole number from 1 to {schedule.TRAIN_STEPS}, got {steps}")
+    if karras and not SPECS[name].karras:
+        with_karras = ", ".join(n for n, s in SPECS.items() if s.karras)
+        raise ConfigError(f"sampler {name!r} has no Karras schedule; use one of {with_karras}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
+
+
+def plan(name: str, steps: int, *, karras: bool = False) -> Plan:
+    """The sigma grid and timesteps diffusers uses for this sampler, built from SD v1.5's config."""
+    check(name, steps, karras=karras)
+    spec = SPECS[name]
+    train = schedule.training_sigmas().numpy()
+    if spec.spacing == "linspace_int":  # the multistep solvers space whole timesteps over steps + 1 points
+        t = np.linspace(0, schedule.TRAIN_STEPS - 1, steps + 1).round()[::-1][:-1].astype(np.float64)
+    else:
+        t = schedule.timesteps(steps, spec.spacing).astype(np.float64)
+    sigmas = schedule.sigma_at(t)
+    if karras:  # VP solvers span the whole training range; the others the range of their spaced sigmas
+        low, high = (train[0], train[-1]) if spec.vp else (sigmas[-1], sigmas[0])
+        sigmas = schedule.karras_sigmas(float(low), float(high), steps)
+        t = schedule.sigma_to_t(sigmas)
+        if name not in ("euler", "heun", "lms"):  # diffusers rounds these samplers' Karras timesteps
+            t = t.round()
+    final = float(train[0]) if spec.final_sigma_min else 0.0
+    grid = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
+    table = {float(s): float(ti) for s, ti in zip(grid[:-1].tolist(), t.tolist(), strict=True)}
+    return Plan(name, grid, table)
+
+
+def initial_noise(shape: tuple[int, ...], generators: Generators) -> Tensor:
+    """Unit Gaussian latents, drawn per batch element from its own CPU generator as diffusers draws them."""
+    if not generators:
+        return torch.randn(shape)
+    if len(generators) != shape[0]:
+        raise ConfigError(f"{len(generators)} generators for a batch of {shape[0]}")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g) for g in generators])
+
+
+def noise_like(x: Tensor, generators: Generators) -> Tensor:
+    return initial_noise(tuple(x.shape), generators).to(x.device, x.dtype)
+
+
+def run(
+    p: Plan,
+    denoiser: Denoiser,
+    noise: Tensor,
+    *,
+    generators: Generators = None,
+    eta: float = 0.0,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Sample from unit `noise` to final latents (in the scale the VAE decodes, as diffusers returns them)."""
+    x = noise * p.init_scale
+    sampler = SAMPLERS[p.name]
+    extra = {"eta": eta} if p.name == "ddim" else {}
+    x = sampler(denoiser, x, p.sigmas.to(x.device), generators=generators, callback=callback, **extra)
+    return x / math.sqrt(float(p.sigmas[-1]) ** 2 + 1)  # back from x0 + sigma * noise to the VP latent
+
+
+def _eps(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
+    return (x - denoised) / sigma
+
+
+def _report(callback: Callback | None, i: int, total: int, x: Tensor) -> None:
+    if callback is not None:
+        callback(i, total, x)
+
+
+def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn); = DDIM, eta 0."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        d = _eps(x, model(x, sigmas[i]), sigmas[i])
+        x = x + d * (sigmas[i + 1] - sigmas[i])
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_euler_a(
+    model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None
+) -> Tensor:
+    """Ancestral Euler: step down to sigma_down, then add fresh noise up to sigma_next (k-diffusion)."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = _eps(x, model(x, s), s)
+        sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
+        sigma_down = (s_next**2 - sigma_up**2) ** 0.5
+        x = x + d * (sigma_down - s)
+        x = x + noise_like(x, generators) * sigma_up  # drawn on every step, the last included, as diffusers does
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1); an Euler step into sigma = 0."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = _eps(x, model(x, s), s)
+        x_euler = x + d * (s_next - s)
+        if s_next > 0:
+            d_next = _eps(x_euler, model(x_euler, s_next), s_next)
+            x = x + (d + d_next) / 2 * (s_next - s)
+        else:
+            x = x_euler
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_dpm2(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """DPM-Solver-2 as in k-diffusion: the derivative at the log-midpoint sigma; an Euler step into 0."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = _eps(x, model(x, s), s)
+        if s_next > 0:
+            s_mid = torch.lerp(s_next.log(), s.log(), 0.5).exp()
+            x_mid = x + d * (s_mid - s)
+            x = x + _eps(x_mid, model(x_mid, s_mid), s_mid) * (s_next - s)
+        else:
+            x = x + d * (s_next - s)
+        _report(callback, i, n, x)
+    return x
+
+
+def lms_coefficient(sigmas: np.ndarray, i: int, order: int, j: int) -> float:
+    """Integral over [sigma_i, sigma_i+1] of the Lagrange basis polynomial of point i - j (exact)."""
+    others = [sigmas[i - k] for k in range(order) if k != j]
+    basis = np.poly1d([1.0])
+    for other in others:
+        basis *= np.poly1d([1.0, -other]) / (sigmas[i - j] - other)
+    integral = basis.integ()
+    return float(integral(sigmas[i + 1]) - integral(sigmas[i]))
+
+
+def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """Linear multistep of order 4 (k-diffusion's sample_lms): derivatives through a Lagrange polynomial in sigma."""
+    n = len(sigmas) - 1
+    grid = sigmas.double().cpu().numpy()
+    history: list[Tensor] = []
+    for i in range(n):
+        history = [*history, _eps(x, model(x, sigmas[i]), sigmas[i])][-4:]
+        order = len(history)
+        coefficients = [lms_coefficient(grid, i, order, j) for j in range(order)]
+        x = x + sum(c * d for c, d in zip(coefficients, reversed(history), strict=True))
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_ddim(
+    model: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, generators: Generators = None, callback=None
+) -> Tensor:
+    """DDIM (Song et al. 2021); eta = 0 is an Euler step in sigma, eta > 0 adds fresh noise each step."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, s)
+        eps = _eps(x, denoised, s)
+        if eta == 0:
+            x = denoised + eps * s_next
+        else:
+            a, a_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+            std = eta * ((1 - a_next) / (1 - a) * (1 - a / a_next)) ** 0.5  # DDIM eq. 16, in x_t scale
+            x_t = a_next**0.5 * denoised + (1 - a_next - std**2) ** 0.5 * eps + std * noise_like(x, generators)
+            x = x_t / a_next**0.5
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_plms(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """Pseudo linear multistep (Liu et al. 2022), as diffusers' PNDM with skip_prk_steps runs it.
+
+    The first step is corrected with a second evaluation (a Heun-like average); then Adams-Bashforth
+    combinations of up to four past noise predictions.
+    """
+    n = len(sigmas) - 1
+    history: list[Tensor] = []
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        eps = _eps(x, model(x, s), s)
+        if i == 0:
+            history = [eps]
+            if n > 1:  # diffusers evaluates the second timestep twice to start the multistep
+                x_next = x + eps * (s_next - s)
+                eps = (eps + _eps(x_next, model(x_next, s_next), s_next)) / 2
+        else:
+            history.append(eps)
+            e = history[-4:][::-1]
+            if len(e) == 2:
+                eps = (3 * e[0] - e[1]) / 2
+            elif len(e) == 3:
+                eps = (23 * e[0] - 16 * e[1] + 5 * e[2]) / 12
+            else:
+                eps = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
+        x = x + eps * (s_next - s)
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+    """Ancestral DDPM (Ho et al. 2020) with the posterior variance beta-tilde ('fixed_small'), over skipped steps."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, s)
+        a, a_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        x_t = x * a**0.5
+        beta = 1 - a / a_next  # the effective beta of this (skipped) step
+        mean = (a_next**0.5 * beta * denoised + (a / a_next) ** 0.5 * (1 - a_next) * x_t) / (1 - a)
+        variance = ((1 - a_next) / (1 - a) * beta).clamp(min=1e-20)
+        x_t = mean + variance**0.5 * noise_like(x, generators)  # drawn on the last step too, as diffusers does
+        x = x_t / a_next**0.5
+        _report(callback, i, n, x)
+    return x
+
+
+def _lambda(sigma: Tensor) -> Tensor:
+    return -sigma.log()  # half log-SNR; +inf at sigma = 0
+
+
+def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022), midpoint form; first order on the first and last steps."""
+    return _dpmpp_2m(model, x, sigmas, None, callback)
+
+
+def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None):
+    """SDE DPM-Solver++(2M) (Lu et al. 2022), midpoint form, with fresh noise on every step."""
+    return _dpmpp_2m(model, x, sigmas, generators if generators is not None else [], callback)
+
+
+def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, generators: Generators | None, callback) -> Tensor:
+    sde = generators is not None
+    n = len(sigmas) - 1
+    previous = None
+    for i in range(n):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, s)
+        h = _lambda(s_next) - _lambda(s)
+        decay = torch.exp(-h) if sde else torch.ones_like(h)  # the SDE forgets part of x each step
+        first_order = previous is None or i == n - 1  # lower_order_final, and final sigma 0
+        if first_order:
+            d = denoised
+        else:
+            r = (_lambda(s) - _lambda(sigmas[i - 1])) / h
+            d = denoised + (denoised - previous) / (2 * r)
+        if sde:
+            x = s_next / s * decay * x + (1 - torch.exp(-2 * h)) * d
+            x = x + s_next * (1 - torch.exp(-2 * h)).sqrt() * noise_like(x, generators or None)
+        else:
+            x = s_next / s * x - torch.expm1(-h) * d
+        previous = denoised
+        _report(callback, i, n, x)
+    return x
+
+
+def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None):
+    """UniPC (Zhao et al. 2023), bh2, order 2: a UniP predictor step and a UniC corrector with each new output."""
+    n = len(sigmas) - 1
+    outputs: list[Tensor] = []  # denoised predictions at the sigmas visited so far
+    last_x, last_order = None, 1
+    for i in range(n):
+        denoised = model(x, sigmas[i])
+        if i > 0:  # correct the previous step with the model output at its end point
+            x = _unipc_update(last_x, sigmas, i - 1, outputs, last_order, denoised)
+        outputs = [*outputs, denoised][-2:]
+        order = min(2, n - i, i + 1)  # warm up; lower_order_final
+        last_x, last_order = x, order
+        x = _unipc_update(x, sigmas, i, outputs, order, None)
+        _report(callback, i, n, x)
+    return x
+
+
+def _unipc_update(x: Tensor, sigmas: Tensor, i: int, outputs: list[Tensor], order: int, new: Tensor | None) -> Tensor:
+    """UniP (new is None) or UniC (new = the model output at sigmas[i + 1]) from sigmas[i] to sigmas[i + 1]."""
+    s, s_next = sigmas[i], sigmas[i + 1]
+    m0 = outputs[-1]
+    h = _lambda(s_next) - _lambda(s)
+    hh = -h
+    h_phi_1 = torch.expm1(hh)
+    b_h = torch.expm1(hh)  # bh2
+    rks, d1s = [], []
+    for k in range(1, order):
+        rk = (_lambda(sigmas[i - k]) - _lambda(s)) / h
+        rks.append(rk)
+        d1s.append((outputs[-(k + 1)] - m0) / rk)
+    rks.append(torch.ones((), device=x.device))
+    rks_t = torch.stack(rks)
+    rows, b, factorial, h_phi_k = [], [], 1, h_phi_1 / hh - 1
+    for k in range(1, order + 1):
+        rows.append(rks_t ** (k - 1))
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    x_next = s_next / s * x - h_phi_1 * m0
+    if new is None:  # predictor
+        if d1s:
+            rho = (
+                torch.tensor(0.5)
+                if order == 2
+                else torch.linalg.solve(torch.stack(rows)[:-1, :-1], torch.stack(b)[:-1])
+            )
+            x_next = x_next - b_h * rho * d1s[0]
+        return x_next
+    rhos = torch.tensor([0.5]) if order == 1 else torch.linalg.solve(torch.stack(rows), torch.stack(b))
+    correction = sum(r * d for r, d in zip(rhos[:-1], d1s, strict=True)) if d1s else 0
+    return x_next - b_h * (correction + rhos[-1] * (new - m0))
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddim": sample_ddim,
+    "plms": sample_plms,
+    "ddpm": sample_ddpm,
+    "euler": sample_euler,
+    "euler_a": sample_euler_a,
+    "heun": sample_heun,
+    "dpm2": sample_dpm2,
+    "lms": sample_lms,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "unipc": sample_unipc,
+}

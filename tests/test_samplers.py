@@ -1,0 +1,128 @@
+"""Every sampler against the matching diffusers scheduler built from SD v1.5's scheduler config."""
+
+import pytest
+import torch
+from helpers import rel_error
+
+from ldm import samplers
+from ldm.errors import ConfigError
+
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+REFERENCE = {  # our name -> diffusers scheduler class name and extra config
+    "ddim": ("DDIMScheduler", {}),
+    "plms": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+STOCHASTIC = {"euler_a", "ddpm", "dpmpp_2m_sde", "ddim"}  # ddim draws noise when eta > 0
+CASES = [(name, karras) for name in REFERENCE for karras in (False, True) if not karras or samplers.SPECS[name].karras]
+
+
+def toy_eps(x: torch.Tensor, t) -> torch.Tensor:
+    """A deterministic, nonlinear stand-in for the U-Net: eps(x_t, t)."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return torch.tanh(x * (0.5 + t / 1000)) * 0.8 + 0.1 * torch.sin(t / 100 + x)
+
+
+def generators(seed: int, n: int = 2) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def diffusers_sample(name: str, steps: int, karras: bool, seed: int, eta: float = 0.0) -> torch.Tensor:
+    import diffusers
+
+    cls, extra = REFERENCE[name]
+    scheduler = getattr(diffusers, cls).from_config(
+        SD15_SCHEDULER, **extra, **({"use_karras_sigmas": True} if karras else {})
+    )
+    scheduler.set_timesteps(steps)
+    gens = generators(seed)
+    x = torch.cat([torch.randn((1, 4, 8, 8), generator=g) for g in gens]) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        eps = toy_eps(scheduler.scale_model_input(x, t), t)
+        kwargs = {"generator": gens} if name in STOCHASTIC else {}
+        if name == "ddim":
+            kwargs["eta"] = eta
+        x = scheduler.step(eps, t, x, **kwargs).prev_sample
+    return x
+
+
+def our_sample(name: str, steps: int, karras: bool, seed: int, eta: float = 0.0, calls: list | None = None):
+    plan = samplers.plan(name, steps, karras=karras)
+    gens = generators(seed)
+
+    def denoiser(x, sigma):
+        if calls is not None:
+            calls.append(float(sigma))
+        return x - sigma * toy_eps(x / (sigma**2 + 1) ** 0.5, plan.timestep(sigma))
+
+    return samplers.run(plan, denoiser, samplers.initial_noise((2, 4, 8, 8), gens), generators=gens, eta=eta)
+
+
+@pytest.mark.parametrize(("name", "karras"), CASES)
+def test_matches_diffusers(name, karras):
+    for steps in (1, 2, 7, 10, 25):
+        ours, ref = our_sample(name, steps, karras, seed=3), diffusers_sample(name, steps, karras, seed=3)
+        assert rel_error(ours, ref) <= 1e-5, (name, karras, steps)
+
+
+def test_ddim_with_eta_matches_diffusers():
+    assert rel_error(our_sample("ddim", 10, False, 5, eta=0.7), diffusers_sample("ddim", 10, False, 5, eta=0.7)) <= 1e-5
+
+
+def test_default_timesteps_follow_sd15():
+    t = samplers.plan("ddim", 10).timesteps
+    assert list(t.values()) == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert list(samplers.plan("euler", 10).timesteps.values()) == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert samplers.DEFAULT_SAMPLER == "plms"
+
+
+def test_stochastic_samplers_depend_on_the_seed_and_reproduce():
+    for name in ("euler_a", "ddpm", "dpmpp_2m_sde"):
+        assert torch.equal(our_sample(name, 5, False, 1), our_sample(name, 5, False, 1))
+        assert not torch.equal(our_sample(name, 5, False, 1), our_sample(name, 5, False, 2))
+
+
+def test_model_evaluations_per_step():
+    for name, per_step in (("euler", 1), ("dpmpp_2m", 1), ("unipc", 1), ("heun", 2), ("dpm2", 2)):
+        calls: list[float] = []
+        our_sample(name, 10, False, 0, calls=calls)
+        assert len(calls) == (10 if per_step == 1 else 19), name  # second-order: no second call into sigma 0
+    calls = []
+    our_sample("plms", 10, False, 0, calls=calls)
+    assert len(calls) == 11  # PLMS evaluates its second timestep twice, as diffusers' PNDM does
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"name": "euler", "steps": 0}, "steps must be"),
+        ({"name": "euler", "steps": 1001}, "steps must be"),
+        ({"name": "k_euler", "steps": 10}, "choose one of ddim, plms, ddpm, euler"),
+        ({"name": "ddim", "steps": 10, "eta": -0.1}, "eta must be"),
+        ({"name": "ddim", "steps": 10, "eta": float("nan")}, "eta must be"),
+        ({"name": "plms", "steps": 10, "karras": True}, "has no Karras schedule"),
+        ({"name": "euler_a", "steps": 10, "karras": True}, "has no Karras schedule"),
+    ],
+)
+def test_bad_settings_are_clear_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        samplers.check(**kwargs)
