@@ -1,0 +1,122 @@
+"""ldm-txt2img: make images from a prompt and write them as PNGs carrying their generation settings."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+from ldm.errors import LdmError
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every other bad input
+        self.exit(2, f"ldm-txt2img: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ldm.samplers import SAMPLERS  # noqa: PLC0415 (keeps --help independent of torch start-up cost)
+
+    p = _Parser(prog="ldm-txt2img", description="Generate images from a text prompt with a Stable Diffusion v1 model.")
+    p.add_argument("--prompt", required=True, help="what the image should show")
+    p.add_argument("--negative-prompt", default="", help="what it should not show")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 50 for SD v1)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 7.5)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampling method (default: the model's)")
+    p.add_argument("--karras", action="store_true", help="Karras noise schedule (samplers that have one)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--seed", type=int, help="random seed of the first image; image i uses seed + i (default: random)")
+    p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the model's)")
+    p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=1, help="images made together in one batch")
+    p.add_argument("--n-iter", type=int, default=1, help="how many batches to make, one after another")
+    p.add_argument("--checkpoint", type=Path, help="a .safetensors/.ckpt file or diffusers folder (default: built-in)")
+    p.add_argument("--config", type=Path, help="model config JSON for a non-standard checkpoint")
+    p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="where PNGs go")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on cuda, float32 on cpu)")
+    p.add_argument("--attention", choices=("sdpa", "xformers", "sliced", "math"), help="attention backend")
+    p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except LdmError as e:
+        print(f"ldm-txt2img: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ldm-txt2img: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ldm.images import format_parameters, save_png
+    from ldm.pipeline import Pipeline
+
+    if args.n_iter < 1 or args.batch_size < 1:
+        raise LdmError("--batch-size and --n-iter must be at least 1")
+    _check_outdir(args.outdir)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config)
+    settings = pipe.settings(
+        steps=args.steps,
+        guidance=args.guidance,
+        sampler=args.sampler,
+        karras=args.karras,
+        width=args.width,
+        height=args.height,
+        clip_skip=args.clip_skip,
+        eta=args.eta,
+    )
+    seed = args.seed if args.seed is not None else Pipeline.random_seed()
+    model = {"model_hash": model_hash(pipe.source), "model": pipe.source.stem if pipe.source else "ldm-builtin"}
+    for _ in range(args.n_iter):
+        images = pipe(
+            args.prompt,
+            negative_prompt=args.negative_prompt,
+            seed=seed,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+            **settings,
+        )
+        for image, image_seed in zip(images, pipe.last_seeds, strict=True):
+            params = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "seed": image_seed}
+            text = format_parameters({**params, **settings, **model})
+            print(save_png(image, args.outdir, image_seed, text))
+        seed += args.batch_size
+    return 0
+
+
+def _check_outdir(outdir: Path) -> None:
+    """Fail before minutes of sampling, not after: the folder must exist or be creatable, and be writable."""
+    probe = outdir
+    while not probe.exists():
+        probe = probe.parent
+    import os
+
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise LdmError(f"cannot write images into {outdir}; choose a writable --outdir")
+
+
+def model_hash(path: Path | None) -> str | None:
+    """AUTOMATIC1111's short model hash: the first 10 hex digits of the file's SHA-256."""
+    if path is None or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()[:10]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

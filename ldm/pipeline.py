@@ -1,0 +1,204 @@
+"""Pipeline: the one place that wires tokenizer, text encoder, sampler, U-Net and VAE into images."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ldm import samplers
+from ldm.attention import resolve_backend, set_attention_backend
+from ldm.checkpoint import Model, load_model
+from ldm.config import ModelConfig
+from ldm.errors import ConfigError, LdmError
+from ldm.guidance import CFGDenoiser
+from ldm.images import to_pil
+from ldm.tokenizer import Tokenizer
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+BUILTIN = WEIGHTS_DIR / "ldm-shapes.safetensors"
+# Settings the user did not give: SD v1's (diffusers' StableDiffusionPipeline defaults).
+SD_V1_DEFAULTS = {
+    "steps": 50,
+    "guidance": 7.5,
+    "sampler": samplers.DEFAULT_SAMPLER,
+    "karras": False,
+    "width": 512,
+    "height": 512,
+    "clip_skip": 1,
+    "eta": 0.0,
+}
+
+
+class Pipeline:
+    """Text to images with an SD v1 model. `Pipeline.load(path)` then `pipe(prompt, ...)`."""
+
+    def __init__(self, model: Model, *, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
+        self.model = model
+        self.tokenizer = Tokenizer(length=model.config.text_encoder.max_position_embeddings)
+        self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
+        self.defaults = dict(SD_V1_DEFAULTS)
+        self.last_seeds: list[int] = []  # the seed of each image of the last call, in order
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attention: str | None = None,
+        config: str | Path | ModelConfig | None = None,
+    ) -> Pipeline:
+        """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
+
+        Device auto: CUDA when available, running the U-Net and text encoder in float16 (the VAE falls back
+        to float32 when float16 overflows); CPU runs float32.
+        """
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but this PyTorch has no CUDA device; use --device cpu")
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        if path is None:
+            if not BUILTIN.is_file():
+                raise LdmError(
+                    "no built-in model in this checkout; pass a checkpoint (--checkpoint / Pipeline.load(path))"
+                )
+            path = BUILTIN
+        if isinstance(config, (str, Path)):
+            config = ModelConfig.from_json(config)
+        model = load_model(path, config=config, dtype=dtype, device=device)
+        # The VAE decoder overflows in float16 on some images; it starts in the model dtype and retries in float32.
+        pipe = cls(model, device=device, dtype=dtype, vae_dtype=dtype)
+        pipe.set_attention(resolve_backend(attention, device))
+        if path == BUILTIN:
+            pipe.defaults.update(builtin_defaults())
+        return pipe
+
+    @property
+    def source(self) -> Path | None:
+        return self.model.path
+
+    def set_attention(self, backend: str) -> None:
+        for module in (self.model.unet, self.model.vae, self.model.text_encoder):
+            set_attention_backend(module, backend)
+
+    @staticmethod
+    def random_seed() -> int:
+        return random.randrange(2**32)
+
+    def settings(self, **given: Any) -> dict[str, Any]:
+        """The generation settings after defaults, checked: what a PNG's `parameters` records."""
+        s = {k: (given[k] if given.get(k) is not None else v) for k, v in self.defaults.items()}
+        for side in ("width", "height"):
+            if s[side] < 8 or s[side] % 8:
+                raise ConfigError(f"{side} must be a positive multiple of 8, got {s[side]}")
+        if not math.isfinite(s["guidance"]):
+            raise ConfigError(f"guidance must be a finite number, got {s['guidance']}")
+        layers = self.model.config.text_encoder.num_hidden_layers
+        if not 1 <= s["clip_skip"] <= layers:
+            raise ConfigError(f"clip_skip must be between 1 and {layers}, got {s['clip_skip']}")
+        samplers.check(s["sampler"], s["steps"], karras=s["karras"], eta=s["eta"])
+        return s
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] = "",
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        karras: bool | None = None,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        batch_size: int = 1,
+        latents: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        eta: float | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> list[Image.Image]:
+        """Generate images.
+
+        Args:
+            prompt: a prompt, or a list of prompts (one batch entry each).
+            negative_prompt: what to steer away from (the unconditional side of guidance); one, or one per prompt.
+            steps, guidance, sampler, karras, width, height, clip_skip, eta: as in AUTOMATIC1111; None = the
+                model's default (SD v1: 50 steps, guidance 7.5, PNDM/plms, 512x512).
+            seed: image i of the batch uses seed + i with its own CPU generator, so every image reproduces alone
+                (None: a random seed). `pipe.last_seeds` tells which seed made which image.
+            batch_size: images per prompt.
+            latents: start from these latents (B, 4, H/8, W/8) instead of seeded noise.
+            callback: called as callback(step, total_steps, latents) after each step.
+            progress: show a tqdm bar on stderr.
+        """
+        s = self.settings(
+            steps=steps, guidance=guidance, sampler=sampler, karras=karras,
+            width=width, height=height, clip_skip=clip_skip, eta=eta,
+        )  # fmt: skip
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if not prompts or len(negatives) != len(prompts):
+            raise ConfigError("give one prompt or a list of prompts, and one negative prompt or one per prompt")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        prompts = [p for p in prompts for _ in range(batch_size)]  # prompt-major, as diffusers orders a batch
+        negatives = [n for n in negatives for _ in range(batch_size)]
+        seed = self.random_seed() if seed is None else seed
+        self.last_seeds = [seed + i for i in range(len(prompts))]
+        generators = [torch.Generator("cpu").manual_seed(s_) for s_ in self.last_seeds]
+
+        context = self.encode(prompts, s["clip_skip"])
+        uncond = self.encode(negatives, s["clip_skip"]) if s["guidance"] != 1 else None
+        plan = samplers.plan(s["sampler"], s["steps"], karras=s["karras"])
+        denoiser = CFGDenoiser(self.model.unet, context, uncond, s["guidance"], plan.timestep)
+        factor = self.model.config.vae.downscale
+        shape = (len(prompts), self.model.config.vae.z_channels, s["height"] // factor, s["width"] // factor)
+        if latents is None:
+            latents = samplers.initial_noise(shape, generators)  # drawn on the CPU: same image on any device
+        elif tuple(latents.shape) != shape:
+            raise ConfigError(f"latents must have shape {shape} for this batch and size, not {tuple(latents.shape)}")
+        total = len(plan.sigmas) - 1
+        with tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
+
+            def on_step(i: int, n: int, x: torch.Tensor) -> None:
+                bar.update(1)
+                if callback is not None:
+                    callback(i, n, x)
+
+            x = samplers.run(
+                plan, denoiser, latents.to(self.device, torch.float32), generators=generators, eta=s["eta"],
+                callback=on_step,
+            )  # fmt: skip
+        return to_pil(self.decode(x))
+
+    def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:
+        ids = self.tokenizer(prompts).to(self.device)
+        return self.model.text_encoder(ids, clip_skip=clip_skip)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.model.vae
+        z = latents / self.model.config.vae.scale_factor
+        image = vae.decode(z.to(self.vae_dtype))
+        if not torch.isfinite(image).all() and self.vae_dtype != torch.float32:
+            vae.float()  # float16 overflowed: decode in float32 from now on
+            self.vae_dtype = torch.float32
+            image = vae.decode(z.float())
+        return image.float()
+
+
+def builtin_defaults() -> dict[str, Any]:
+    """Generation defaults suited to the built-in model (stored beside it)."""
+    import json
+
+    path = WEIGHTS_DIR / "defaults.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

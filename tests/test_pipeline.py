@@ -1,0 +1,152 @@
+"""End to end: our Pipeline against diffusers' StableDiffusionPipeline on the same random SD v1 weights."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from ldm import Pipeline
+from ldm.checkpoint import PREFIXES, Model
+from ldm.config import ModelConfig, TextEncoderConfig
+from ldm.convert import write_diffusers_folder, write_single_file
+from ldm.errors import ConfigError
+from ldm.text_encoder import TextEncoder
+from ldm.unet import UNetModel
+from ldm.vae import AutoencoderKL
+
+# The tiny test architecture with CLIP's real vocabulary, so the real tokenizer's ids fit.
+E2E = dataclasses.replace(ModelConfig.preset("tiny"), text_encoder=TextEncoderConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))  # fmt: skip
+
+
+def random_model(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Original-layout tensors of a randomly initialised model."""
+    torch.manual_seed(seed)
+    modules = {
+        "unet": UNetModel(cfg.unet),
+        "vae": AutoencoderKL(cfg.vae),
+        "text_encoder": TextEncoder(cfg.text_encoder),
+    }
+    return {PREFIXES[c] + k: v.detach() for c, m in modules.items() for k, v in m.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    tensors = random_model(E2E)
+    return write_single_file(tensors, folder / "tiny.safetensors", E2E), write_diffusers_folder(
+        tensors, folder / "d", E2E
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe(checkpoint):
+    return Pipeline.load(checkpoint[0], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    """diffusers loads the folder tools/convert.py's writer made: a real consumer of our diffusers export."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline.from_pretrained(checkpoint[1], safety_checker=None, requires_safety_checker=False)
+
+
+SCHEDULERS = {  # our sampler -> diffusers scheduler, configured from the SD v1.5 scheduler config
+    "ddim": ("DDIMScheduler", {}),
+    "plms": ("PNDMScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+}
+
+
+@pytest.mark.parametrize(
+    ("sampler", "karras", "width", "height"),
+    [
+        ("ddim", False, 64, 64),
+        ("plms", False, 48, 80),
+        ("euler_a", False, 64, 48),
+        ("dpmpp_2m", False, 64, 64),
+        ("dpmpp_2m", True, 80, 48),
+        ("dpmpp_2m_sde", True, 64, 64),
+    ],
+)
+def test_same_images_as_diffusers(pipe, reference, sampler, karras, width, height):
+    import diffusers
+
+    cls, extra = SCHEDULERS[sampler]
+    reference.scheduler = getattr(diffusers, cls).from_config(
+        reference.scheduler.config, **extra, **({"use_karras_sigmas": True} if karras else {})
+    )
+    settings = {"width": width, "height": height}
+    ours = pipe(["a red cube", "a cat"], negative_prompt="blurry", steps=6, guidance=7.5, sampler=sampler,
+                karras=karras, seed=42, progress=False, **settings)  # fmt: skip
+    theirs = reference(["a red cube", "a cat"], negative_prompt=["blurry", "blurry"], num_inference_steps=6,
+                       guidance_scale=7.5, generator=[torch.Generator().manual_seed(s) for s in (42, 43)],
+                       **settings).images  # fmt: skip
+    for a, b in zip(ours, theirs, strict=True):
+        a, b = np.asarray(a).astype(int), np.asarray(b).astype(int)
+        assert a.shape == (height, width, 3) and a.std() > 5  # a real picture, not a flat one
+        assert np.abs(a - b).max() <= 2
+
+
+def test_image_of_a_batch_reproduces_alone(pipe):
+    batch = pipe("a house", steps=3, seed=7, batch_size=3, sampler="euler_a", progress=False, width=64, height=64)
+    assert pipe.last_seeds == [7, 8, 9]
+    alone = pipe("a house", steps=3, seed=8, sampler="euler_a", progress=False, width=64, height=64)
+    # Equal up to float rounding: a batch of 3 runs other matmul blocking than a batch of 1.
+    assert np.abs(np.asarray(batch[1]).astype(int) - np.asarray(alone[0])).max() <= 1
+    assert np.abs(np.asarray(batch[0]).astype(int) - np.asarray(batch[1])).max() > 10
+
+
+def test_guidance_one_and_negative_prompt_change_the_image(pipe):
+    def make(**kw):
+        return np.asarray(pipe("a tree", steps=3, seed=1, progress=False, width=64, height=64, **kw)[0]).astype(int)
+
+    assert np.abs(make(guidance=1.0) - make(guidance=7.5)).max() > 0
+    assert np.abs(make(negative_prompt="snow") - make()).max() > 0
+
+
+def test_callback_sees_every_step(pipe):
+    seen = []
+    pipe(
+        "x",
+        steps=4,
+        sampler="euler",
+        seed=0,
+        progress=False,
+        width=64,
+        height=64,
+        callback=lambda i, n, x: seen.append((i, n)),
+    )
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"width": 500}, "multiple of 8"),
+        ({"steps": 0}, "steps must be"),
+        ({"guidance": float("nan")}, "guidance must be a finite"),
+        ({"sampler": "nope"}, "unknown sampler"),
+        ({"clip_skip": 5}, "clip_skip must be between 1 and 2"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+    ],
+)
+def test_bad_settings_are_clear_errors(pipe, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        pipe("x", progress=False, **kwargs)
+
+
+@pytest.mark.full
+def test_real_sd_v1_shapes_run_end_to_end():
+    cfg = ModelConfig.preset("sd-v1")
+    torch.manual_seed(0)
+    model = Model(
+        UNetModel(cfg.unet).eval(), AutoencoderKL(cfg.vae).eval(), TextEncoder(cfg.text_encoder).eval(), cfg, "sd-v1"
+    )
+    pipe = Pipeline(model, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
+    images = pipe("a cabin on a snowy mountain", steps=2, width=64, height=64, seed=0, progress=False)
+    assert images[0].size == (64, 64) and np.asarray(images[0]).std() > 0

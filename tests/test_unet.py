@@ -1,0 +1,74 @@
+"""The U-Net against diffusers' UNet2DConditionModel, weights moved through our key table."""
+
+import pytest
+import torch
+from helpers import rel_error
+
+from ldm import diffusers_layout as layout
+from ldm.attention import set_attention_backend
+from ldm.config import ModelConfig, UNetConfig
+from ldm.unet import UNetModel
+
+ODD = UNetConfig(model_channels=24, channel_mult=(1, 3, 2), num_res_blocks=2, attention_resolutions=(4, 1),
+                 num_heads=3, context_dim=20, norm_groups=4, transformer_depth=2)  # fmt: skip
+CONFIGS = {
+    "tiny": ModelConfig.preset("tiny").unet,
+    "odd-channels-2-blocks-depth-2": ODD,
+    "inpainting-9-channels": UNetConfig(**{**ODD.__dict__, "in_channels": 9, "num_res_blocks": 1}),
+    "attention-everywhere-3-levels": UNetConfig(
+        model_channels=16,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(1, 2, 4),
+        num_heads=2,
+        context_dim=8,
+        norm_groups=8,
+    ),  # fmt: skip
+}
+
+
+def reference_and_ours(cfg: UNetConfig, std: float = 0.05):
+    from diffusers import UNet2DConditionModel
+
+    ref = UNet2DConditionModel(**layout.unet_config_to_diffusers(cfg)).eval()
+    with torch.no_grad():
+        for p in ref.parameters():  # default init zeroes some layers; random everywhere tests every weight
+            p.normal_(0, std)
+    with torch.device("meta"):
+        ours = UNetModel(cfg)
+    ours.load_state_dict(layout.unet_from_diffusers(ref.state_dict(), cfg), strict=True, assign=True)
+    return ref, ours.eval()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("size", [(8, 8), (8, 12), (12, 4)])
+def test_matches_diffusers(name, size):
+    cfg = CONFIGS[name]
+    ref, ours = reference_and_ours(cfg)
+    x = torch.randn(2, cfg.in_channels, *size)
+    t = torch.tensor([3.0, 917.0])
+    context = torch.randn(2, 7, cfg.context_dim)
+    with torch.no_grad():
+        expected = ref(x, t, context).sample
+        assert rel_error(ours(x, t, context), expected) <= 1e-5
+        assert rel_error(ours(x, t.long(), context), ref(x, t.long(), context).sample) <= 1e-5
+
+
+def test_attention_backends_agree():
+    cfg = CONFIGS["tiny"]
+    _, ours = reference_and_ours(cfg)
+    x, t, context = torch.randn(1, 4, 16, 16), torch.tensor([500.0]), torch.randn(1, 77, cfg.context_dim)
+    with torch.no_grad():
+        expected = ours(x, t, context)
+        for backend in ("math", "sliced"):
+            set_attention_backend(ours, backend)
+            assert rel_error(ours(x, t, context), expected) <= 1e-5
+
+
+@pytest.mark.full
+def test_full_sd_v1_shapes_match_diffusers():
+    cfg = ModelConfig.preset("sd-v1").unet
+    ref, ours = reference_and_ours(cfg, std=0.02)
+    x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([421.0]), torch.randn(1, 77, 768)
+    with torch.no_grad():
+        assert rel_error(ours(x, t, context), ref(x, t, context).sample) <= 1e-5
