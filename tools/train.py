@@ -1,0 +1,179 @@
+"""Train the built-in model on CPU with ldm's own modules: the VAE first, then the text encoder and U-Net.
+
+    python tools/train.py --out weights/ldm-shapes.safetensors        # resumes from runs/ldm-shapes if killed
+
+Data comes from tools/scenes.py (deterministic per step), captions go through the real CLIP tokenizer, the
+U-Net learns SD v1's epsilon objective on SD v1's noise schedule, with 10% of captions dropped so
+classifier-free guidance works. The result is an SD v1 single file (original key layout, config in the
+metadata) that `Pipeline.load` treats like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+import scenes  # noqa: E402
+
+from ldm.checkpoint import PREFIXES  # noqa: E402
+from ldm.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
+from ldm.convert import write_single_file  # noqa: E402
+from ldm.schedule import alphas_cumprod  # noqa: E402
+from ldm.text_encoder import TextEncoder  # noqa: E402
+from ldm.tokenizer import Tokenizer  # noqa: E402
+from ldm.unet import UNetModel  # noqa: E402
+from ldm.vae import AutoencoderKL  # noqa: E402
+
+CONFIG = ModelConfig(
+    unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4, 2, 1),
+                    num_heads=4, context_dim=64),
+    vae=VAEConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1),
+    text_encoder=TextEncoderConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
+)  # fmt: skip
+DEFAULTS = {"width": 64, "height": 64, "steps": 20, "sampler": "dpmpp_2m", "guidance": 7.5}
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Atomically: a kill during the write leaves the previous state intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def render_dataset(args) -> tuple[torch.Tensor, list[scenes.Scene]]:
+    """A fixed set of jittered training scenes, rendered once: (N, 3, 64, 64) in [-1, 1]."""
+    pairs = scenes.sample(args.dataset, args.seed + 1)
+    return scenes.to_tensor([s.render() for s, _ in tqdm(pairs, desc="render")]), [s for s, _ in pairs]
+
+
+def train_vae(vae: AutoencoderKL, images: torch.Tensor, args, run: Path) -> None:
+    state_file = run / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    start = 0
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    vae.train()
+    for step in tqdm(range(start, args.vae_steps), initial=start, total=args.vae_steps, desc="vae"):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        x = images[torch.randint(len(images), (args.vae_batch,), generator=g)]
+        posterior = vae.encode(x)
+        recon = vae.decode(posterior.sample(g))
+        kl = 0.5 * (posterior.mean**2 + posterior.std**2 - 1 - posterior.logvar).mean()
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % args.save_every == 0 or step + 1 == args.vae_steps:
+            save_state(state_file, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, run: Path) -> tuple[torch.Tensor, float]:
+    """Latent means of the dataset, encoded once; and the latent scale factor (1 / std), as SD v1 chose 0.18215."""
+    cache = run / "latents.pt"
+    if cache.exists():
+        latents = torch.load(cache, weights_only=True)
+    else:
+        latents = torch.cat(
+            [vae.encode(images[i : i + 256]).mean for i in tqdm(range(0, len(images), 256), desc="encode")]
+        )
+        save_state(cache, latents)
+    return latents, 1 / latents.std().item()
+
+
+def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path) -> tuple:
+    tokenizer = Tokenizer()
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    state_file, start = run / "diffusion.pt", 0
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    a_bar = alphas_cumprod()
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="unet+text")
+    for step in bar:
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        index = torch.randint(len(dataset), (args.batch,), generator=g)
+        rng = random.Random(step)
+        captions = [
+            "" if rng.random() < 0.1 else dataset[i].caption(rng.randrange(len(scenes.TEMPLATES)))
+            for i in index.tolist()
+        ]
+        x0 = latents[index] * scale
+        t = torch.randint(0, 1000, (args.batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = a_bar[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for group in opt.param_groups:  # short warm-up, then constant
+            group["lr"] = args.lr * min(1.0, (step + 1) / 200)
+        loss = F.mse_loss(unet(x_t, t, text_encoder(tokenizer(captions))), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+                    e.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_state(state_file, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                    "opt": opt.state_dict(), "step": step + 1})  # fmt: skip
+    return ema_unet.eval(), ema_text.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("weights/ldm-shapes.safetensors"))
+    parser.add_argument("--run", type=Path, default=Path("runs/ldm-shapes"), help="resumable training state")
+    parser.add_argument("--vae-steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=3000, help="U-Net + text encoder steps")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--vae-batch", type=int, default=16)
+    parser.add_argument("--dataset", type=int, default=8192, help="jittered scenes encoded once for stage 2")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints")
+    args = parser.parse_args()
+    args.run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    started = time.time()
+    vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(CONFIG.unet), TextEncoder(CONFIG.text_encoder)
+    images, dataset = render_dataset(args)
+    train_vae(vae, images, args, args.run)
+    latents, scale = encode_dataset(vae, images, args.run)
+    unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
+    config = ModelConfig(unet=CONFIG.unet, vae=VAEConfig(**{**CONFIG.vae.__dict__, "scale_factor": scale}),
+                         text_encoder=CONFIG.text_encoder)  # fmt: skip
+    modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    tensors = {PREFIXES[c] + k: v.half() for c, m in modules.items() for k, v in m.state_dict().items()}
+    write_single_file(tensors, args.out, config, force=True)
+    (args.out.parent / "defaults.json").write_text(json.dumps(DEFAULTS, indent=2) + "\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) in {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
