@@ -13,13 +13,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import UNetConfig
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back, as CompVis does: half-precision statistics overflow."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).to(x.dtype)
+from ldm.layers import GroupNorm32, Upsample
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -125,15 +119,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):

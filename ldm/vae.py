@@ -8,13 +8,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import VAEConfig
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32: half-precision statistics over 512 channels x 64x64 overflow."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).to(x.dtype)
+from ldm.layers import GroupNorm32, Upsample
 
 
 def normalize(channels: int, groups: int) -> nn.GroupNorm:
@@ -61,15 +55,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # CompVis pads right/bottom only, then a valid stride-2 conv
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Level(nn.Module):

@@ -5,20 +5,10 @@ import torch
 from helpers import rel_error
 
 from ldm import samplers
+from ldm.convert import SD_V1_SCHEDULER
 from ldm.errors import ConfigError
 
-SD15_SCHEDULER = {
-    "_class_name": "PNDMScheduler",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
+SD15_SCHEDULER = SD_V1_SCHEDULER  # what diffusers builds SD v1.5's default scheduler from
 REFERENCE = {  # our name -> diffusers scheduler class name and extra config
     "ddim": ("DDIMScheduler", {}),
     "plms": ("PNDMScheduler", {}),

@@ -96,6 +96,30 @@ def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, run: Path) -> tuple
     return latents, 1 / latents.std().item()
 
 
+def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: torch.Tensor, args, run: Path) -> None:
+    """More decoder training on the frozen encoder's latents (as SD's ft-MSE VAE): sharper, truer colours."""
+    state_file, start = run / "decoder.pt", 0
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    vae.decoder.train().requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    for step in tqdm(range(start, args.decoder_steps), initial=start, total=args.decoder_steps, desc="decoder"):
+        index = torch.randint(len(images), (args.vae_batch,), generator=torch.Generator().manual_seed(step))
+        recon = vae.decode(latents[index])
+        loss = F.l1_loss(recon, images[index]) + F.mse_loss(recon, images[index])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % args.save_every == 0 or step + 1 == args.decoder_steps:
+            save_state(state_file, {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    vae.eval().requires_grad_(False)
+
+
 def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path) -> tuple:
     tokenizer = Tokenizer()
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -155,6 +179,8 @@ def main() -> None:
     parser.add_argument("--vae-batch", type=int, default=16)
     parser.add_argument("--dataset", type=int, default=8192, help="jittered scenes encoded once for stage 2")
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--decoder-steps", type=int, default=600)
+    parser.add_argument("--decoder-lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints")
     args = parser.parse_args()
@@ -165,6 +191,7 @@ def main() -> None:
     images, dataset = render_dataset(args)
     train_vae(vae, images, args, args.run)
     latents, scale = encode_dataset(vae, images, args.run)
+    finetune_decoder(vae, latents, images, args, args.run)
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
     config = ModelConfig(unet=CONFIG.unet, vae=VAEConfig(**{**CONFIG.vae.__dict__, "scale_factor": scale}),
                          text_encoder=CONFIG.text_encoder)  # fmt: skip

@@ -1,0 +1,64 @@
+"""Prompt adherence of the built-in model, through the public Pipeline, scored by tools/judge.py.
+
+    python tools/eval.py                      # table to stdout, grid to eval-grid.png
+    python tools/eval.py --quick              # fewer images, one sampler
+
+Reports held-in and held-out (colour, shape) captions, guidance 1.0 vs 7.5, and samplers at 10/20/50 steps.
+Each image uses the canonical caption of a scene and its own seed; chance is colour 1/6, shape 1/3,
+position 1/5, size 1/2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import judge  # noqa: E402
+import scenes  # noqa: E402
+
+from ldm import Pipeline  # noqa: E402
+
+
+def evaluate(pipe: Pipeline, targets: list[scenes.Scene], *, batch: int = 16, **settings) -> tuple[dict, list]:
+    images = []
+    for i in range(0, len(targets), batch):
+        prompts = [t.caption(0) for t in targets[i : i + batch]]
+        images += pipe(prompts, seed=1000 + i, progress=False, **settings)
+    return judge.score(images, targets), images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="default: the built-in model")
+    parser.add_argument("--n", type=int, default=64, help="images per row of the table")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--grid", type=Path, default=Path("eval-grid.png"))
+    args = parser.parse_args()
+    pipe = Pipeline.load(args.checkpoint)
+    held_in = [s for s, _ in scenes.sample(args.n, seed=2024)]
+    held_out = [s for s, _ in scenes.sample(args.n, seed=2024, held_out=True)]
+    rows = [("held-in", held_in, "dpmpp_2m", 20, 7.5), ("held-out", held_out, "dpmpp_2m", 20, 7.5),
+            ("held-in", held_in, "dpmpp_2m", 20, 1.0)]  # fmt: skip
+    if not args.quick:
+        rows += [("held-in", held_in, sampler, steps, 7.5) for sampler in ("euler_a", "ddim", "plms") for steps in (10, 20, 50)]
+        rows += [("held-in", held_in, "dpmpp_2m", steps, 7.5) for steps in (10, 50)]
+    print("| captions | sampler | steps | guidance | colour | shape | position | size | all four | s/image |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    grid = []
+    for label, targets, sampler, steps, guidance in rows:
+        started = time.time()
+        result, images = evaluate(pipe, targets, sampler=sampler, steps=steps, guidance=guidance)
+        seconds = (time.time() - started) / len(targets)
+        cells = " | ".join(f"{result[a]:.2f}" for a in (*judge.ATTRIBUTES, "all"))
+        print(f"| {label} | {sampler} | {steps} | {guidance} | {cells} | {seconds:.2f} |", flush=True)
+        if len(grid) < 4 * 16:
+            grid += images[:16]
+    scenes.grid(grid, 16).resize((16 * 128, len(grid) // 16 * 128)).save(args.grid)
+    print(f"grid: {args.grid} (rows: {', '.join(f'{r[0]} {r[2]} {r[3]} g{r[4]}' for r in rows[:4])})")
+
+
+if __name__ == "__main__":
+    main()
