@@ -54,11 +54,19 @@ class CLIPEncoderLayer(nn.Module):
         return x
 
 
+def _embedding(count: int, dim: int) -> nn.Embedding:
+    """nn.Embedding (N(0, 1) init), but no init on the meta device: normal_ there imports torch._dynamo, 2 s a load."""
+    weight = torch.empty(count, dim)
+    if weight.device.type != "meta":
+        nn.init.normal_(weight)
+    return nn.Embedding(count, dim, _weight=weight)
+
+
 class CLIPEmbeddings(nn.Module):
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
-        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_embedding = _embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embedding = _embedding(cfg.max_position_embeddings, cfg.hidden_size)
 
     def forward(self, ids: Tensor) -> Tensor:
         # Positions are always 0..T-1: no position_ids buffer (the original files carry one; it is unused).

@@ -43,7 +43,8 @@ def main() -> None:
     rows = [("held-in", held_in, "dpmpp_2m", 20, 7.5), ("held-out", held_out, "dpmpp_2m", 20, 7.5),
             ("held-in", held_in, "dpmpp_2m", 20, 1.0)]  # fmt: skip
     if not args.quick:
-        rows += [("held-in", held_in, sampler, steps, 7.5) for sampler in ("euler_a", "ddim", "plms") for steps in (10, 20, 50)]
+        samplers = ("euler_a", "ddim", "plms")
+        rows += [("held-in", held_in, sampler, steps, 7.5) for sampler in samplers for steps in (10, 20, 50)]
         rows += [("held-in", held_in, "dpmpp_2m", steps, 7.5) for steps in (10, 50)]
     print("| captions | sampler | steps | guidance | colour | shape | position | size | all four | s/image |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,0 +1,30 @@
+"""tools/bench.py runs and reports every line it is asked for (a smoke test: timings are reports, not tests)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+TOOLS = Path(__file__).parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+import bench  # noqa: E402
+
+
+def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "text,unet,vae",
+                "--cache", str(tmp_path), "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())
+    assert rows[0]["fp32_gflops"] > 0
+    lines = [r["line"] for r in rows[1:]]
+    assert lines == ["text encoder, batch 2 (s)", "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)"]
+    assert all(r["ours"] > 0 and r["diffusers"] > 0 and r["floor_ratio"] > 0 for r in rows[1:])
+    assert "| U-Net with CFG (batch 2), 64x64 (s) |" in capsys.readouterr().out
+
+
+def test_fresh_process_load_reports_time_and_memory(tmp_path):
+    bench.weights("tiny", tmp_path)
+    command = [sys.executable, str(TOOLS / "bench.py"), "--child", "ours", "load-cold", "--model", "tiny",
+               "--cache", str(tmp_path), "--threads", "1"]  # fmt: skip
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    assert result["seconds"] > 0 and 0.05 < result["rss"] < 8

@@ -1,0 +1,274 @@
+"""Speed and memory of ldm beside diffusers, on identical random weights at the real SD v1 shapes, in one run.
+
+    python tools/bench.py                          # Markdown table to stdout; JSON with --out bench.json
+    python tools/bench.py --only unet,vae --sizes 512
+    python tools/bench.py --model tiny             # seconds: the smoke test's configuration
+
+The weights are generated once into bench/ (a single .safetensors for both loaders, and a diffusers folder as
+the configuration diffusers' offline from_single_file needs). In-process lines time ours and diffusers
+alternately (A B A B), the median of --repeats after one warm-up each, with the same thread count on both
+sides. Load and end-to-end lines run each side in a fresh process (peak RSS is that process's). The floor is
+the FLOPs of the work (torch.utils.flop_counter) divided by this CPU's measured matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ldm import Pipeline
+from ldm.checkpoint import PREFIXES
+from ldm.config import ModelConfig, TextEncoderConfig
+from ldm.convert import write_diffusers_folder, write_single_file
+from ldm.text_encoder import TextEncoder
+from ldm.unet import UNetModel
+from ldm.vae import AutoencoderKL
+
+PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
+LINES = ("floor", "load", "text", "unet", "vae", "e2e")
+
+
+def model_config(name: str) -> ModelConfig:
+    if name == "tiny":  # the tiny test U-Net and VAE, with CLIP's vocabulary so real token ids fit
+        tiny = ModelConfig.preset("tiny")
+        text = TextEncoderConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+        return dataclasses.replace(tiny, text_encoder=text)
+    return ModelConfig.preset(name)
+
+
+def weights(name: str, cache: Path) -> tuple[Path, Path]:
+    """(single file, diffusers folder) of a random model, written once and reused."""
+    single, folder = cache / f"{name}-random.safetensors", cache / f"{name}-random-diffusers"
+    if single.is_file() and (folder / "model_index.json").is_file():
+        return single, folder
+    config = model_config(name)
+    torch.manual_seed(0)
+    modules = {"unet": UNetModel(config.unet), "vae": AutoencoderKL(config.vae),
+               "text_encoder": TextEncoder(config.text_encoder)}  # fmt: skip
+    tensors = {PREFIXES[c] + k: v.detach() for c, m in modules.items() for k, v in m.state_dict().items()}
+    write_single_file(tensors, single, config, force=True)
+    write_diffusers_folder(tensors, folder, config, force=True)
+    return single, folder
+
+
+# ---- what each side does -------------------------------------------------------------------------------------
+
+
+def load_ours(single: Path, folder: Path):
+    return Pipeline.load(single)
+
+
+def load_diffusers(single: Path, folder: Path):
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    return StableDiffusionPipeline.from_single_file(
+        str(single), config=str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+
+
+def drop_page_cache(path: Path) -> None:
+    """Evict a file's pages so the next read comes from disk (no root needed)."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def child(args) -> None:
+    """One fresh-process measurement, printed as one JSON line."""
+    torch.set_num_threads(args.threads)
+    single, folder = weights(args.model, args.cache)
+    side, what = args.child
+    if side == "diffusers":
+        import diffusers  # noqa: F401  (imports are not part of loading a file, on either side)
+    if what.startswith("load"):
+        if what == "load-cold":
+            drop_page_cache(single)
+        started = time.perf_counter()
+        (load_ours if side == "ours" else load_diffusers)(single, folder)
+        print(json.dumps({"seconds": time.perf_counter() - started, "rss": peak_rss_gib()}))
+        return
+    size, steps = args.child_size, args.e2e_steps
+    pipe = (load_ours if side == "ours" else load_diffusers)(single, folder)
+    started = time.perf_counter()
+    if side == "ours":
+        pipe(PROMPTS[0], steps=steps, guidance=7.5, sampler="plms", width=size, height=size, seed=0, progress=False)
+    else:
+        pipe.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        pipe(PROMPTS[0], num_inference_steps=steps, guidance_scale=7.5, width=size, height=size, generator=generator)
+    print(json.dumps({"seconds": time.perf_counter() - started, "rss": peak_rss_gib()}))
+
+
+def in_fresh_process(args, side: str, what: str, size: int = 0) -> dict:
+    command = [sys.executable, __file__, "--child", side, what, "--model", args.model, "--cache", str(args.cache),
+               "--threads", str(args.threads), "--child-size", str(size),
+               "--e2e-steps", str(args.e2e_steps)]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ---- timing --------------------------------------------------------------------------------------------------
+
+
+def alternate(ours: Callable[[], object], theirs: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median seconds of each, run A B A B after one warm-up each."""
+    ours(), theirs()
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for _ in range(repeats):
+        for name, fn in (("ours", ours), ("theirs", theirs)):
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return statistics.median(times["ours"]), statistics.median(times["theirs"])
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """FLOP/s of a large square matmul: the floor every line is compared with."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - started)
+
+
+def flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ---- the report ----------------------------------------------------------------------------------------------
+
+
+def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable]]:
+    """(line, ours, diffusers) for each in-process measurement asked for."""
+    cases = []
+    if "text" in args.only:
+
+        def their_text() -> torch.Tensor:
+            tokens = theirs.tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True,
+                                      return_tensors="pt")  # fmt: skip
+            return theirs.text_encoder(tokens.input_ids)[0]
+
+        cases.append(("text encoder, batch 2 (s)", partial(ours.encode, PROMPTS, 1), their_text))
+    context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
+    for size in args.sizes:
+        z = torch.randn(2, 4, size // 8, size // 8)
+        if "unet" in args.only:
+            cases.append((f"U-Net with CFG (batch 2), {size}x{size} (s)", partial(ours.model.unet, z, t, context),
+                          partial(theirs.unet, z, t, encoder_hidden_states=context)))  # fmt: skip
+        if "vae" in args.only:
+            cases.append((f"VAE decode, {size}x{size} (s)", partial(ours.model.vae.decode, z[:1]),
+                          partial(theirs.vae.decode, z[:1])))  # fmt: skip
+    return cases
+
+
+def measure(args) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    single, folder = weights(args.model, args.cache)
+    rows: list[dict] = []
+
+    def row(line: str, ours: float, theirs: float, floor: float | None = None, **extra) -> None:
+        rows.append({"line": line, "ours": ours, "diffusers": theirs, "ratio": ours / theirs,
+                     "floor": floor, "floor_ratio": ours / floor if floor else None, **extra})  # fmt: skip
+        print(f"  {line}: ours {ours:.3f}, diffusers {theirs:.3f}, ratio {ours / theirs:.2f}", file=sys.stderr)
+
+    rate = matmul_rate(torch.float32)
+    floor_info = {"fp32_gflops": rate / 1e9}
+    if "floor" in args.only:
+        floor_info["bf16_gflops"] = matmul_rate(torch.bfloat16) / 1e9
+    if "load" in args.only:
+        for cache_state in ("load-warm", "load-cold"):
+            results = {"ours": [], "diffusers": []}
+            in_fresh_process(args, "ours", "load-warm"), in_fresh_process(args, "diffusers", "load-warm")
+            for _ in range(args.repeats):
+                for side in results:
+                    results[side].append(in_fresh_process(args, side, cache_state))
+            ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
+            rss = {f"rss_{s}": max(r["rss"] for r in results[s]) for s in results}
+            row(f"load, {cache_state.removeprefix('load-')} page cache (s)", ours, theirs, **rss)
+
+    if {"text", "unet", "vae"} & set(args.only):
+        ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
+        with torch.inference_mode():
+            for line, ours_fn, theirs_fn in component_cases(ours_pipe, theirs_pipe, args):
+                row(line, *alternate(ours_fn, theirs_fn, args.repeats), flops(ours_fn) / rate)
+        del ours_pipe, theirs_pipe
+
+    if "e2e" in args.only:
+        for size in args.sizes:
+            results = {"ours": [], "diffusers": []}
+            for _ in range(args.repeats):
+                for side in results:
+                    results[side].append(in_fresh_process(args, side, "e2e", size))
+            ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
+            rss = {f"rss_{s}": max(r["rss"] for r in results[s]) for s in results}
+            row(f"end to end, {size}x{size}, {args.e2e_steps} steps (s)", ours, theirs, **rss)
+            rows.append({"line": f"peak RSS, end to end {size}x{size} (GiB)", "ours": rss["rss_ours"],
+                         "diffusers": rss["rss_diffusers"], "ratio": rss["rss_ours"] / rss["rss_diffusers"],
+                         "floor": None, "floor_ratio": None})  # fmt: skip
+    return [{"line": "matmul floor", **floor_info, "threads": args.threads, "model": args.model}, *rows]
+
+
+def table(rows: list[dict]) -> str:
+    header, *rows = rows
+    rates = ", ".join(f"{k.removesuffix('_gflops')} {v:.0f} GFLOP/s" for k, v in header.items() if "gflops" in k)
+    lines = [f"Model `{header['model']}`, {header['threads']} threads; matmul {rates}.", "",
+             "| line | ours | diffusers | ours / diffusers | floor | ours / floor |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        floor = f"{r['floor']:.3f} | {r['floor_ratio']:.2f}" if r["floor"] else "- | -"
+        lines.append(f"| {r['line']} | {r['ours']:.3f} | {r['diffusers']:.3f} | {r['ratio']:.2f} | {floor} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sd-v1", help="config preset: sd-v1 (real shapes) or tiny")
+    parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
+    parser.add_argument("--only", type=lambda s: s.split(","), default=list(LINES), help=",".join(LINES))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--e2e-steps", type=int, default=4)
+    parser.add_argument("--cache", type=Path, default=Path("bench"), help="where the random weights are kept")
+    parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child-size", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+    unknown = set(args.only) - set(LINES)
+    if unknown:
+        parser.error(f"unknown --only lines {sorted(unknown)}; choose from {','.join(LINES)}")
+    rows = measure(args)
+    print(table(rows))
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
