@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ldm.config import ModelConfig
 from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
 from ldm.images import to_pil
+from ldm.tiling import tiled_decode
 from ldm.tokenizer import Tokenizer
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -44,6 +46,8 @@ class Pipeline:
         self.tokenizer = Tokenizer(length=model.config.text_encoder.max_position_embeddings)
         self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
         self.defaults = dict(SD_V1_DEFAULTS)
+        self.vae_tiling = False  # decode in overlapping 512-pixel tiles: large images in bounded memory
+        self.vae_slicing = False  # decode a batch one image at a time
         self.last_seeds: list[int] = []  # the seed of each image of the last call, in order
 
     @classmethod
@@ -186,14 +190,23 @@ class Pipeline:
         return self.model.text_encoder(ids, clip_skip=clip_skip)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.model.vae
+        """Latents -> images in [-1, 1], float32; tiled and sliced as set on the pipeline."""
         z = latents / self.model.config.vae.scale_factor
-        image = vae.decode(z.to(self.vae_dtype))
+        image = self._decode(z.to(self.vae_dtype))
         if not torch.isfinite(image).all() and self.vae_dtype != torch.float32:
-            vae.float()  # float16 overflowed: decode in float32 from now on
+            self.model.vae.float()  # float16 overflowed: decode in float32 from now on
             self.vae_dtype = torch.float32
-            image = vae.decode(z.float())
+            image = self._decode(z.float())
         return image.float()
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        decode = self.model.vae.decode
+        if self.vae_tiling:
+            scale = self.model.config.vae.downscale
+            decode = partial(tiled_decode, self.model.vae.decode, scale=scale)
+        if self.vae_slicing:
+            return torch.cat([decode(z[i : i + 1]) for i in range(z.shape[0])])
+        return decode(z)
 
 
 def builtin_defaults() -> dict[str, Any]:

@@ -150,3 +150,21 @@ def test_real_sd_v1_shapes_run_end_to_end():
     pipe = Pipeline(model, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
     images = pipe("a cabin on a snowy mountain", steps=2, width=64, height=64, seed=0, progress=False)
     assert images[0].size == (64, 64) and np.asarray(images[0]).std() > 0
+
+
+def test_vae_slicing_and_tiling_decode_the_same_picture(pipe):
+    def decode(latents, slicing=False, tiling=False):
+        pipe.vae_slicing, pipe.vae_tiling = slicing, tiling
+        try:
+            return pipe.decode(latents)
+        finally:
+            pipe.vae_slicing = pipe.vae_tiling = False
+
+    small = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(decode(small, slicing=True), decode(small), atol=1e-5, rtol=0)
+    large = torch.randn(1, 4, 150, 80, generator=torch.Generator().manual_seed(1))  # 3 x 2 tiles of 64
+    untiled, tiled = decode(large), decode(large, tiling=True)
+    scale = pipe.model.config.vae.downscale
+    assert tiled.shape == untiled.shape == (1, 3, 150 * scale, 80 * scale)
+    # Random weights and per-tile norm statistics: close, not equal (tools/bench.py reports trained figures).
+    assert (tiled - untiled).abs().mean() < 0.05, (tiled - untiled).abs().mean()
