@@ -168,3 +168,15 @@ def test_vae_slicing_and_tiling_decode_the_same_picture(pipe):
     assert tiled.shape == untiled.shape == (1, 3, 150 * scale, 80 * scale)
     # Random weights and per-tile norm statistics: close, not equal (tools/bench.py reports trained figures).
     assert (tiled - untiled).abs().mean() < 0.05, (tiled - untiled).abs().mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_gives_nearly_the_float32_image(pipe, checkpoint, dtype):
+    half = Pipeline.load(checkpoint[0], device="cpu", dtype=dtype)
+    assert next(half.model.unet.parameters()).dtype == dtype
+
+    def make(p):
+        return np.asarray(p("a red cube", steps=4, seed=5, progress=False, width=64, height=64)[0]).astype(int)
+
+    error = np.abs(make(half) - make(pipe))
+    assert error.mean() < 2 and error.max() <= 16, (error.mean(), error.max())
