@@ -12,13 +12,15 @@ import bench  # noqa: E402
 
 def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "text,unet,vae",
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "text,unet,vae,bf16",
                 "--cache", str(tmp_path), "--out", str(out)])  # fmt: skip
     rows = json.loads(out.read_text())
     assert rows[0]["fp32_gflops"] > 0
     lines = [r["line"] for r in rows[1:]]
-    assert lines == ["text encoder, batch 2 (s)", "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)"]
+    assert lines == ["text encoder, batch 2 (s)", "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)",
+                     "U-Net with CFG, bfloat16, 64x64 (s)"]  # fmt: skip
     assert all(r["ours"] > 0 and r["diffusers"] > 0 and r["floor_ratio"] > 0 for r in rows[1:])
+    assert 0 < rows[-1]["error_vs_fp32"] < 0.1
     assert "| U-Net with CFG (batch 2), 64x64 (s) |" in capsys.readouterr().out
 
 

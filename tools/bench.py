@@ -38,7 +38,9 @@ from ldm.unet import UNetModel
 from ldm.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
-LINES = ("floor", "load", "text", "unet", "vae", "e2e")
+LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "tiling")
+DEFAULT_LINES = LINES[:7]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+TILED_SIZE = 2048
 
 
 def model_config(name: str) -> ModelConfig:
@@ -112,7 +114,16 @@ def child(args) -> None:
     size, steps = args.child_size, args.e2e_steps
     pipe = (load_ours if side == "ours" else load_diffusers)(single, folder)
     started = time.perf_counter()
-    if side == "ours":
+    if what == "tiling":  # decode a size that does not fit untiled, in tiles
+        z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            if side == "ours":
+                pipe.vae_tiling = True
+                pipe.decode(z)
+            else:
+                pipe.vae.enable_tiling()
+                pipe.vae.decode(z)
+    elif side == "ours":
         pipe(PROMPTS[0], steps=steps, guidance=7.5, sampler="plms", width=size, height=size, seed=0, progress=False)
     else:
         pipe.set_progress_bar_config(disable=True)
@@ -187,62 +198,129 @@ def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable]]:
     return cases
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def bf16_rows(ours, theirs, args, row: Callable[..., None]) -> None:
+    """The U-Net in bfloat16 on both sides, its error against our float32 output, and its time against
+    diffusers' float32 time (measured in the same run)."""
+    fp32 = {size: None for size in args.sizes}
+    context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
+    for size in args.sizes:
+        z = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(size))
+        fp32[size] = (
+            ours.model.unet(z, t, context),
+            statistics.median(
+                _timed(partial(theirs.unet, z, t, encoder_hidden_states=context)) for _ in range(args.repeats)
+            ),
+        )
+    ours.model.unet.to(torch.bfloat16)
+    theirs.unet.to(torch.bfloat16)
+    bf16_rate = matmul_rate(torch.bfloat16)
+    try:
+        for size in args.sizes:
+            z = torch.randn(2, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(size))
+            zb, cb = z.bfloat16(), context.bfloat16()
+            ours_fn = partial(ours.model.unet, zb, t, cb)
+            theirs_fn = partial(theirs.unet, zb, t, encoder_hidden_states=cb)
+            reference, their_fp32 = fp32[size]
+            mine, their = alternate(ours_fn, theirs_fn, args.repeats)
+            row(f"U-Net with CFG, bfloat16, {size}x{size} (s)", mine, their, flops(ours_fn) / bf16_rate,
+                error_vs_fp32=relative_error(ours_fn(), reference), vs_diffusers_fp32=mine / their_fp32)  # fmt: skip
+    finally:
+        ours.model.unet.float()
+        theirs.unet.float()
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def tiling_error(single: Path, folder: Path) -> tuple[str, float, float]:
+    """How far a tiled decode is from an untiled one at a size that fits both ways (1024x1024), each side with
+    its own tiling. Random weights: a check of the blending, not of how a real VAE looks."""
+    ours, theirs = load_ours(single, folder), load_diffusers(single, folder)
+    z = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        full = ours.decode(z)
+        ours.vae_tiling = True
+        mine = ours.decode(z)
+        unscaled = z / ours.model.config.vae.scale_factor
+        their_full = theirs.vae.decode(unscaled).sample
+        theirs.vae.enable_tiling()
+        their_tiled = theirs.vae.decode(unscaled).sample
+    line = "tiled vs untiled decode, 1024x1024: mean abs difference (image range 2)"
+    return line, (mine - full).abs().mean().item(), (their_tiled - their_full).abs().mean().item()
+
+
 def measure(args) -> list[dict]:
     torch.set_num_threads(args.threads)
     single, folder = weights(args.model, args.cache)
     rows: list[dict] = []
 
     def row(line: str, ours: float, theirs: float, floor: float | None = None, **extra) -> None:
-        rows.append({"line": line, "ours": ours, "diffusers": theirs, "ratio": ours / theirs,
+        rows.append({"line": line, "ours": ours, "diffusers": theirs, "ratio": ours / theirs if theirs else None,
                      "floor": floor, "floor_ratio": ours / floor if floor else None, **extra})  # fmt: skip
-        print(f"  {line}: ours {ours:.3f}, diffusers {theirs:.3f}, ratio {ours / theirs:.2f}", file=sys.stderr)
+        print(f"  {line}: ours {ours:.3f}, diffusers {theirs:.3f}, ratio {rows[-1]['ratio']}", file=sys.stderr)
 
     rate = matmul_rate(torch.float32)
     floor_info = {"fp32_gflops": rate / 1e9}
     if "floor" in args.only:
         floor_info["bf16_gflops"] = matmul_rate(torch.bfloat16) / 1e9
+
+    def fresh_pair(line: str, what: str, size: int = 0, warm_up: bool = False) -> None:
+        """Each side in its own fresh process, alternating; peak RSS as a line of its own."""
+        if warm_up:
+            in_fresh_process(args, "ours", what, size), in_fresh_process(args, "diffusers", what, size)
+        results = {"ours": [], "diffusers": []}
+        for _ in range(args.repeats):
+            for side in results:
+                results[side].append(in_fresh_process(args, side, what, size))
+        ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
+        row(f"{line} (s)", ours, theirs)
+        row(f"{line}: peak RSS (GiB)", *(max(r["rss"] for r in results[s]) for s in ("ours", "diffusers")))
+
     if "load" in args.only:
-        for cache_state in ("load-warm", "load-cold"):
-            results = {"ours": [], "diffusers": []}
-            in_fresh_process(args, "ours", "load-warm"), in_fresh_process(args, "diffusers", "load-warm")
-            for _ in range(args.repeats):
-                for side in results:
-                    results[side].append(in_fresh_process(args, side, cache_state))
-            ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
-            rss = {f"rss_{s}": max(r["rss"] for r in results[s]) for s in results}
-            row(f"load, {cache_state.removeprefix('load-')} page cache (s)", ours, theirs, **rss)
+        fresh_pair("load, warm page cache", "load-warm", warm_up=True)
+        fresh_pair("load, cold page cache", "load-cold")
 
     if {"text", "unet", "vae"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn in component_cases(ours_pipe, theirs_pipe, args):
                 row(line, *alternate(ours_fn, theirs_fn, args.repeats), flops(ours_fn) / rate)
+            if "bf16" in args.only:
+                bf16_rows(ours_pipe, theirs_pipe, args, row)
         del ours_pipe, theirs_pipe
 
     if "e2e" in args.only:
         for size in args.sizes:
-            results = {"ours": [], "diffusers": []}
-            for _ in range(args.repeats):
-                for side in results:
-                    results[side].append(in_fresh_process(args, side, "e2e", size))
-            ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
-            rss = {f"rss_{s}": max(r["rss"] for r in results[s]) for s in results}
-            row(f"end to end, {size}x{size}, {args.e2e_steps} steps (s)", ours, theirs, **rss)
-            rows.append({"line": f"peak RSS, end to end {size}x{size} (GiB)", "ours": rss["rss_ours"],
-                         "diffusers": rss["rss_diffusers"], "ratio": rss["rss_ours"] / rss["rss_diffusers"],
-                         "floor": None, "floor_ratio": None})  # fmt: skip
+            fresh_pair(f"end to end, {size}x{size}, {args.e2e_steps} steps", "e2e", size)
+
+    if "tiling" in args.only:
+        fresh_pair(f"VAE decode {TILED_SIZE}x{TILED_SIZE}, tiled", "tiling", TILED_SIZE)
+        row(*tiling_error(single, folder))
     return [{"line": "matmul floor", **floor_info, "threads": args.threads, "model": args.model}, *rows]
+
+
+NOTES = {"error_vs_fp32": "relative error vs float32 {:.1e}", "vs_diffusers_fp32": "{:.2f}x diffusers' float32"}
 
 
 def table(rows: list[dict]) -> str:
     header, *rows = rows
     rates = ", ".join(f"{k.removesuffix('_gflops')} {v:.0f} GFLOP/s" for k, v in header.items() if "gflops" in k)
     lines = [f"Model `{header['model']}`, {header['threads']} threads; matmul {rates}.", "",
-             "| line | ours | diffusers | ours / diffusers | floor | ours / floor |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| line | ours | diffusers | ours / diffusers | floor | ours / floor | notes |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         floor = f"{r['floor']:.3f} | {r['floor_ratio']:.2f}" if r["floor"] else "- | -"
-        lines.append(f"| {r['line']} | {r['ours']:.3f} | {r['diffusers']:.3f} | {r['ratio']:.2f} | {floor} |")
+        notes = "; ".join(text.format(r[key]) for key, text in NOTES.items() if key in r)
+        lines.append(
+            f"| {r['line']} | {r['ours']:.3f} | {r['diffusers']:.3f} | {r['ratio'] or 0:.2f} | {floor} | {notes} |"
+        )
     return "\n".join(lines)
 
 
@@ -250,7 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd-v1", help="config preset: sd-v1 (real shapes) or tiny")
     parser.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[256, 512])
-    parser.add_argument("--only", type=lambda s: s.split(","), default=list(LINES), help=",".join(LINES))
+    parser.add_argument(
+        "--only",
+        type=lambda s: s.split(","),
+        default=list(DEFAULT_LINES),
+        help=f"any of {','.join(LINES)} (default: all but tiling)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--e2e-steps", type=int, default=4)
