@@ -20,6 +20,7 @@ from ldm.config import ModelConfig
 from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
 from ldm.images import to_pil
+from ldm.offload import MODES, ModelOffload, offload_sequentially
 from ldm.tiling import tiled_decode
 from ldm.tokenizer import Tokenizer
 
@@ -48,6 +49,7 @@ class Pipeline:
         self.defaults = dict(SD_V1_DEFAULTS)
         self.vae_tiling = False  # decode in overlapping 512-pixel tiles: large images in bounded memory
         self.vae_slicing = False  # decode a batch one image at a time
+        self.offload: ModelOffload | None = None
         self.last_seeds: list[int] = []  # the seed of each image of the last call, in order
 
     @classmethod
@@ -59,11 +61,13 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         attention: str | None = None,
         config: str | Path | ModelConfig | None = None,
+        offload: str | None = None,
     ) -> Pipeline:
         """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
 
         Device auto: CUDA when available, running the U-Net and text encoder in float16 (the VAE falls back
-        to float32 when float16 overflows); CPU runs float32.
+        to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
+        ldm/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -77,9 +81,16 @@ class Pipeline:
             path = BUILTIN
         if isinstance(config, (str, Path)):
             config = ModelConfig.from_json(config)
-        model = load_model(path, config=config, dtype=dtype, device=device)
+        if offload is not None and offload not in MODES:
+            raise ConfigError(f"unknown offload mode {offload!r}; choose one of {', '.join(MODES)}")
+        model = load_model(path, config=config, dtype=dtype, device="cpu" if offload else device)
         # The VAE decoder overflows in float16 on some images; it starts in the model dtype and retries in float32.
-        pipe = cls(model, device=device, dtype=dtype, vae_dtype=dtype)
+        # Offloaded, it stays float32: its CPU copy is the one that visits the device.
+        vae_dtype = torch.float32 if offload else dtype
+        if offload:
+            model.vae.float()
+        pipe = cls(model, device=device, dtype=dtype, vae_dtype=vae_dtype)
+        pipe.set_offload(offload)
         pipe.set_attention(resolve_backend(attention, device))
         if path == BUILTIN:
             pipe.defaults.update(builtin_defaults())
@@ -88,6 +99,18 @@ class Pipeline:
     @property
     def source(self) -> Path | None:
         return self.model.path
+
+    def set_offload(self, mode: str | None) -> None:
+        """Called once, by load: the weights must be on the CPU."""
+        modules = [self.model.text_encoder, self.model.unet, self.model.vae]
+        self.offload = ModelOffload(modules, self.device) if mode == "model" else None
+        if mode == "sequential":
+            for module in modules:
+                offload_sequentially(module, self.device)
+
+    def _activate(self, module: torch.nn.Module) -> None:
+        if self.offload is not None:
+            self.offload.activate(module)
 
     def set_attention(self, backend: str) -> None:
         for module in (self.model.unet, self.model.vae, self.model.text_encoder):
@@ -172,6 +195,7 @@ class Pipeline:
         elif tuple(latents.shape) != shape:
             raise ConfigError(f"latents must have shape {shape} for this batch and size, not {tuple(latents.shape)}")
         total = len(plan.sigmas) - 1
+        self._activate(self.model.unet)
         with tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
 
             def on_step(i: int, n: int, x: torch.Tensor) -> None:
@@ -187,11 +211,13 @@ class Pipeline:
 
     def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:
         ids = self.tokenizer(prompts).to(self.device)
+        self._activate(self.model.text_encoder)
         return self.model.text_encoder(ids, clip_skip=clip_skip)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1], float32; tiled and sliced as set on the pipeline."""
         z = latents / self.model.config.vae.scale_factor
+        self._activate(self.model.vae)
         image = self._decode(z.to(self.vae_dtype))
         if not torch.isfinite(image).all() and self.vae_dtype != torch.float32:
             self.model.vae.float()  # float16 overflowed: decode in float32 from now on

@@ -63,6 +63,8 @@ def _embedding(count: int, dim: int) -> nn.Embedding:
 
 
 class CLIPEmbeddings(nn.Module):
+    offload_as_unit = True  # reads position_embedding.weight without calling it: offloaded as a whole
+
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         self.token_embedding = _embedding(cfg.vocab_size, cfg.hidden_size)

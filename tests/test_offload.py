@@ -1,0 +1,66 @@
+"""CPU offload: weights visit the device only while they compute, and come home as the very same tensors."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ldm import Pipeline
+from ldm.errors import ConfigError
+from ldm.offload import ModelOffload, offload_sequentially
+from ldm.text_encoder import TextEncoder
+from ldm.unet import UNetModel
+
+
+def devices_seen_in_forward(model: nn.Module) -> list[str]:
+    seen = []
+    for module in model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            # Runs after offload's own pre-hook (hooks run in the order registered): what the forward will see.
+            module.register_forward_pre_hook(lambda m, a: seen.append(next(m.parameters(recurse=False)).device.type))
+    return seen
+
+
+def test_sequential_offload_lends_each_layer_to_the_device_and_takes_it_back(tiny_config):
+    # The meta device stands in for a GPU: a layer that computed there had its weights there.
+    unet = UNetModel(tiny_config.unet).eval()
+    homes = dict(unet.named_parameters())
+    offload_sequentially(unet, torch.device("meta"))
+    seen = devices_seen_in_forward(unet)
+    unet(torch.zeros(1, 4, 8, 8, device="meta"), torch.zeros(1, device="meta"),
+         torch.zeros(1, 77, tiny_config.unet.context_dim, device="meta"))  # fmt: skip
+    assert seen and set(seen) == {"meta"}
+    assert all(p is homes[name] for name, p in unet.named_parameters())  # home again, not a copy
+
+
+def test_text_encoder_embeddings_visit_as_one_unit(tiny_config):
+    text = TextEncoder(tiny_config.text_encoder).eval()
+    offload_sequentially(text, torch.device("meta"))
+    out = text(torch.zeros(1, 77, dtype=torch.long, device="meta"))
+    assert out.device.type == "meta" and next(text.parameters()).device.type == "cpu"
+
+
+def test_model_offload_keeps_one_model_on_the_device(tiny_config):
+    a, b = UNetModel(tiny_config.unet), TextEncoder(tiny_config.text_encoder)
+    offload = ModelOffload([a, b], torch.device("meta"))
+    offload.activate(a)
+    assert {p.device.type for p in a.parameters()} == {"meta"} and {p.device.type for p in b.parameters()} == {"cpu"}
+    offload.activate(b)
+    assert {p.device.type for p in a.parameters()} == {"cpu"} and {p.device.type for p in b.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offloaded_pipeline_makes_the_same_image(tmp_path, mode):
+    from test_pipeline import E2E, random_model
+
+    from ldm.convert import write_single_file
+
+    path = write_single_file(random_model(E2E), tmp_path / "m.safetensors", E2E)
+
+    def make(**kw):
+        pipe = Pipeline.load(path, device="cpu", **kw)
+        return np.asarray(pipe("a cat", steps=3, seed=2, width=64, height=64, progress=False)[0]).astype(int)
+
+    assert np.abs(make(offload=mode) - make()).max() <= 1
+    with pytest.raises(ConfigError, match="unknown offload mode"):
+        Pipeline.load(path, offload="disk")
