@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--attention", choices=("sdpa", "xformers", "sliced", "math"), help="attention backend")
     p.add_argument("--offload", choices=("model", "sequential"), help="keep weights in CPU memory between uses")
+    p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image, then faster)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in bounded memory")
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
     p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     _check_outdir(args.outdir)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
-                         offload=args.offload)  # fmt: skip
+                         offload=args.offload, compile=args.compile)  # fmt: skip
     pipe.vae_tiling, pipe.vae_slicing = args.vae_tiling, args.vae_slicing
     settings = pipe.settings(
         steps=args.steps,

@@ -62,12 +62,14 @@ class Pipeline:
         attention: str | None = None,
         config: str | Path | ModelConfig | None = None,
         offload: str | None = None,
+        compile: bool = False,
     ) -> Pipeline:
         """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
 
         Device auto: CUDA when available, running the U-Net and text encoder in float16 (the VAE falls back
         to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
         ldm/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
+        `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -91,6 +93,8 @@ class Pipeline:
             model.vae.float()
         pipe = cls(model, device=device, dtype=dtype, vae_dtype=vae_dtype)
         pipe.set_offload(offload)
+        if compile:
+            pipe.compile()
         pipe.set_attention(resolve_backend(attention, device))
         if path == BUILTIN:
             pipe.defaults.update(builtin_defaults())
@@ -99,6 +103,12 @@ class Pipeline:
     @property
     def source(self) -> Path | None:
         return self.model.path
+
+    def compile(self) -> None:
+        """Compile the U-Net's forward with torch.compile; the module (and its weights) stay as they are."""
+        if self.offload is not None or any(m._forward_pre_hooks for m in self.model.unet.modules()):
+            raise ConfigError("compile and offload do not combine; choose one")
+        self.model.unet.forward = torch.compile(self.model.unet.forward, dynamic=False)
 
     def set_offload(self, mode: str | None) -> None:
         """Called once, by load: the weights must be on the CPU."""

@@ -62,25 +62,40 @@ def weights(name: str, cache: Path) -> tuple[Path, Path]:
                "text_encoder": TextEncoder(config.text_encoder)}  # fmt: skip
     tensors = {PREFIXES[c] + k: v.detach() for c, m in modules.items() for k, v in m.state_dict().items()}
     write_single_file(tensors, single, config, force=True)
+    write_single_file({k: v.half() for k, v in tensors.items()}, half_file(single), config, force=True)
     write_diffusers_folder(tensors, folder, config, force=True)
     return single, folder
+
+
+def half_file(single: Path) -> Path:
+    return single.with_name(single.stem + "-fp16.safetensors")
 
 
 # ---- what each side does -------------------------------------------------------------------------------------
 
 
-def load_ours(single: Path, folder: Path):
-    return Pipeline.load(single)
+def load_ours(single: Path, folder: Path, dtype: torch.dtype = torch.float32):
+    return Pipeline.load(single, dtype=dtype)
 
 
-def load_diffusers(single: Path, folder: Path):
+def load_diffusers(single: Path, folder: Path, dtype: torch.dtype = torch.float32):
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging
 
     logging.set_verbosity_error()
-    return StableDiffusionPipeline.from_single_file(
-        str(single), config=str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False
-    )
+    return StableDiffusionPipeline.from_single_file(str(single), config=str(folder), local_files_only=True,
+                                                    torch_dtype=dtype, safety_checker=None,
+                                                    requires_safety_checker=False)  # fmt: skip
+
+
+def load_raw(single: Path, folder: Path, dtype: torch.dtype = torch.float32):
+    """The floor of loading: safetensors' own read of every tensor into memory."""
+    from safetensors.torch import load_file
+
+    return load_file(single)
+
+
+LOADERS = {"ours": load_ours, "diffusers": load_diffusers, "raw": load_raw}
 
 
 def drop_page_cache(path: Path) -> None:
@@ -104,11 +119,13 @@ def child(args) -> None:
     side, what = args.child
     if side == "diffusers":
         import diffusers  # noqa: F401  (imports are not part of loading a file, on either side)
-    if what.startswith("load"):
-        if what == "load-cold":
-            drop_page_cache(single)
+    if what.startswith("load"):  # load-{warm,cold}[-fp16]: the fp16 file loads as a float16 model
+        half = what.endswith("-fp16")
+        file = half_file(single) if half else single
+        if "-cold" in what:
+            drop_page_cache(file)
         started = time.perf_counter()
-        (load_ours if side == "ours" else load_diffusers)(single, folder)
+        LOADERS[side](file, folder, torch.float16 if half else torch.float32)
         print(json.dumps({"seconds": time.perf_counter() - started, "rss": peak_rss_gib()}))
         return
     size, steps = args.child_size, args.e2e_steps
@@ -271,21 +288,28 @@ def measure(args) -> list[dict]:
     if "floor" in args.only:
         floor_info["bf16_gflops"] = matmul_rate(torch.bfloat16) / 1e9
 
-    def fresh_pair(line: str, what: str, size: int = 0, warm_up: bool = False) -> None:
-        """Each side in its own fresh process, alternating; peak RSS as a line of its own."""
-        if warm_up:
-            in_fresh_process(args, "ours", what, size), in_fresh_process(args, "diffusers", what, size)
-        results = {"ours": [], "diffusers": []}
+    def fresh_pair(line: str, what: str, size: int = 0, warm_up: bool = False, raw: Path | None = None) -> None:
+        """Each side in its own fresh process, alternating; peak RSS as a line of its own. With `raw` (the file
+        loaded), a raw safetensors read runs too, and the notes compare with it and with the file's size."""
+        sides = ("ours", "diffusers", "raw") if raw else ("ours", "diffusers")
+        for side in sides if warm_up else ():
+            in_fresh_process(args, side, what, size)
+        results = {side: [] for side in sides}
         for _ in range(args.repeats):
-            for side in results:
+            for side in sides:
                 results[side].append(in_fresh_process(args, side, what, size))
-        ours, theirs = (statistics.median(r["seconds"] for r in results[s]) for s in ("ours", "diffusers"))
-        row(f"{line} (s)", ours, theirs)
-        row(f"{line}: peak RSS (GiB)", *(max(r["rss"] for r in results[s]) for s in ("ours", "diffusers")))
+        seconds = {side: statistics.median(r["seconds"] for r in results[side]) for side in sides}
+        rss = {side: max(r["rss"] for r in results[side]) for side in sides}
+        extra = {"raw_seconds": seconds["raw"], "vs_raw": seconds["ours"] / seconds["raw"]} if raw else {}
+        row(f"{line} (s)", seconds["ours"], seconds["diffusers"], **extra)
+        extra = {"vs_file": rss["ours"] * 2**30 / raw.stat().st_size} if raw else {}
+        row(f"{line}: peak RSS (GiB)", rss["ours"], rss["diffusers"], **extra)
 
     if "load" in args.only:
-        fresh_pair("load, warm page cache", "load-warm", warm_up=True)
-        fresh_pair("load, cold page cache", "load-cold")
+        for suffix, file in (("", single), ("-fp16", half_file(single))):
+            kind = "float16 file" if suffix else "float32 file"
+            fresh_pair(f"load {kind}, warm page cache", f"load-warm{suffix}", warm_up=True, raw=file)
+            fresh_pair(f"load {kind}, cold page cache", f"load-cold{suffix}", raw=file)
 
     if {"text", "unet", "vae"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
@@ -306,7 +330,13 @@ def measure(args) -> list[dict]:
     return [{"line": "matmul floor", **floor_info, "threads": args.threads, "model": args.model}, *rows]
 
 
-NOTES = {"error_vs_fp32": "relative error vs float32 {:.1e}", "vs_diffusers_fp32": "{:.2f}x diffusers' float32"}
+NOTES = {
+    "error_vs_fp32": "relative error vs float32 {:.1e}",
+    "vs_diffusers_fp32": "{:.2f}x diffusers' float32",
+    "raw_seconds": "raw safetensors read {:.3f} s",
+    "vs_raw": "ours / raw {:.2f}",
+    "vs_file": "ours / file size {:.2f}",
+}
 
 
 def table(rows: list[dict]) -> str:
