@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
 from ldm.errors import LdmError
+from ldm.model_hash import model_hash
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -111,17 +111,6 @@ def _check_outdir(outdir: Path) -> None:
 
     if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise LdmError(f"cannot write images into {outdir}; choose a writable --outdir")
-
-
-def model_hash(path: Path | None) -> str | None:
-    """AUTOMATIC1111's short model hash: the first 10 hex digits of the file's SHA-256."""
-    if path is None or not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()[:10]
 
 
 if __name__ == "__main__":

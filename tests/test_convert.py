@@ -1,5 +1,6 @@
 """tools/convert.py as a user runs it, and a diffusers-saved folder loading into ldm with the same outputs."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ TOOL = Path(__file__).parents[1] / "tools" / "convert.py"
 
 
 def convert(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)],
+        capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(0o022),
+    )  # fmt: skip
 
 
 def test_ckpt_to_half_pruned_safetensors(tmp_path, tiny_config):
@@ -42,6 +46,9 @@ def test_single_file_to_diffusers_and_back(tmp_path, tiny_config):
     assert convert(tmp_path / "a.ckpt", tmp_path / "folder", "--config", config).returncode == 0
     assert convert(tmp_path / "folder", tmp_path / "b.safetensors").returncode == 0
     assert_loaded_exactly(load_model(tmp_path / "b.safetensors"), tensors)
+    # written under a private temporary name, but readable like any file the user creates (umask 022 here)
+    assert (tmp_path / "b.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o755
 
 
 def test_never_overwrites_without_force_and_writes_nothing_on_error(tmp_path, tiny_config):

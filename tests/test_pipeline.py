@@ -180,3 +180,14 @@ def test_half_precision_gives_nearly_the_float32_image(pipe, checkpoint, dtype):
 
     error = np.abs(make(half) - make(pipe))
     assert error.mean() < 2 and error.max() <= 16, (error.mean(), error.max())
+
+
+def test_compiled_unet_makes_the_same_image(checkpoint, pipe):
+    compiled = Pipeline.load(checkpoint[0], device="cpu", compile=True)
+
+    def make(p):
+        return np.asarray(p("a red cube", steps=2, seed=5, progress=False, width=64, height=64)[0]).astype(int)
+
+    assert np.abs(make(compiled) - make(pipe)).max() <= 1
+    with pytest.raises(ConfigError, match="compile and offload"):
+        Pipeline.load(checkpoint[0], device="cpu", compile=True, offload="model")
