@@ -30,6 +30,7 @@ from ldm.checkpoint import (
 )
 from ldm.config import ModelConfig
 from ldm.errors import CheckpointError
+from ldm.permissions import usual_permissions
 from ldm.tokenizer import Tokenizer
 
 # SD v1.5's scheduler/scheduler_config.json: what diffusers builds its default sampler from.
@@ -85,7 +86,7 @@ def write_diffusers_folder(tensors: dict[str, Tensor], dst: Path, config: ModelC
     classes = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    _usual_permissions(tmp, 0o777)
+    usual_permissions(tmp, 0o777)
     try:
         index = {
             "_class_name": "StableDiffusionPipeline",
@@ -143,19 +144,12 @@ def _atomic_file(dst: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
-        _usual_permissions(tmp, 0o666)  # after the write: safetensors may create the file anew
+        usual_permissions(tmp)  # after the write: safetensors may create the file anew
         if dst.is_dir():  # only reached with force: a folder is being replaced by a file
             shutil.rmtree(dst)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _usual_permissions(path: Path, mode: int) -> None:
-    """mkstemp/mkdtemp create private (0600/0700) entries; the result should have what open() would give."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(mode & ~umask)
 
 
 def describe(tensors: dict[str, Tensor]) -> str:

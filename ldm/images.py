@@ -14,6 +14,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ldm.errors import LdmError
+from ldm.permissions import usual_permissions
 
 # Our sampler names -> the names AUTOMATIC1111 writes (and other tools read back).
 SAMPLER_DISPLAY_NAMES = {
@@ -106,6 +107,7 @@ def save_png(image: Image.Image, outdir: Path, seed: int, parameters: str) -> Pa
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
+        usual_permissions(Path(tmp))
         number = next_number(outdir)
         while True:
             final = outdir / f"{number:05d}-{seed}.png"

@@ -1,5 +1,6 @@
 """ldm-txt2img as a user runs it: a subprocess, files on disk, one-line errors."""
 
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,8 @@ def checkpoint(tmp_path_factory):
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ldm.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "ldm.cli", *args], capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: os.umask(0o022))  # fmt: skip
 
 
 def base_args(checkpoint, outdir) -> list[str]:
@@ -37,6 +39,7 @@ def test_writes_a_png_whose_parameters_read_back_and_never_overwrites(checkpoint
     expected = {"steps": 3, "sampler": "dpmpp_2m", "karras": True, "guidance": 6.5, "seed": 1234, "width": 64,
                 "height": 48, "model": "tiny"}  # fmt: skip
     assert {k: params[k] for k in expected} == expected and len(params["model_hash"]) == 10
+    assert path.stat().st_mode & 0o777 == 0o644  # not the private 0600 of the temporary file (umask 022 here)
     second = run(*args)
     assert second.returncode == 0 and second.stdout.strip() == str(tmp_path / "00001-1234.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-1234.png", "00001-1234.png"]

@@ -109,7 +109,13 @@ def drop_page_cache(path: Path) -> None:
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+    """This process's peak RSS. Linux's VmHWM belongs to the address space exec made; ru_maxrss would also
+    count the parent's RSS at the fork (vfork shares it until exec), which inflated every child's figure."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def child(args) -> None:

@@ -5,7 +5,7 @@
 
 Reports held-in and held-out (colour, shape) captions, guidance 1.0 vs 7.5, and samplers at 10/20/50 steps.
 Each image uses the canonical caption of a scene and its own seed; chance is colour 1/6, shape 1/3,
-position 1/5, size 1/2.
+position 1/9, size 1/2.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def evaluate(pipe: Pipeline, targets: list[scenes.Scene], *, batch: int = 16, **
     images = []
     for i in range(0, len(targets), batch):
         prompts = [t.caption(0) for t in targets[i : i + batch]]
-        images += pipe(prompts, seed=1000 + i, progress=False, **settings)
+        images += pipe(prompts, seed=1000 + i, progress=False, width=scenes.SIZE, height=scenes.SIZE, **settings)
     return judge.score(images, targets), images
 
 

@@ -17,17 +17,17 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 import judge  # noqa: E402
 import scenes  # noqa: E402
 
-from ldm.checkpoint import PREFIXES  # noqa: E402
+from ldm.checkpoint import PREFIXES, load_model  # noqa: E402
 from ldm.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
 from ldm.convert import write_single_file  # noqa: E402
 from ldm.schedule import alphas_cumprod  # noqa: E402
@@ -101,8 +101,9 @@ def train_vae(vae: AutoencoderKL, images: torch.Tensor, args, run: Path) -> None
 
 
 @torch.no_grad()
-def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, run: Path) -> tuple[torch.Tensor, float]:
-    """Latent means of the dataset, encoded once; and the latent scale factor (1 / std), as SD v1 chose 0.18215."""
+def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, run: Path, std: float) -> tuple[torch.Tensor, float]:
+    """Latent means of the dataset, encoded once; and the scale factor that makes their std `std` (SD v1's
+    0.18215 makes it about 1; below 1 shifts the same schedule to more noise, and the file carries it)."""
     cache = run / "latents.pt"
     if cache.exists():
         latents = torch.load(cache, weights_only=True)
@@ -111,7 +112,7 @@ def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, run: Path) -> tuple
             [vae.encode(images[i : i + 256]).mean for i in tqdm(range(0, len(images), 256), desc="encode")]
         )
         save_state(cache, latents)
-    return latents, 1 / latents.std().item()
+    return latents, std / latents.std().item()
 
 
 def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: torch.Tensor, args, run: Path) -> None:
@@ -151,6 +152,9 @@ def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path
         opt.load_state_dict(state["opt"])
         start = state["step"]
     a_bar = alphas_cumprod()
+    # Where the noise hides the shape, the epsilon loss weighs an error in the predicted image by the SNR
+    # (~0.01); weighting a timestep by 1/SNR, between 1 and --noise-weight-max, makes it count more there.
+    noise_weight = ((1 - a_bar) / a_bar).clamp(1, args.noise_weight_max)
     unet.train()
     text_encoder.train()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="unet+text")
@@ -169,7 +173,8 @@ def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:  # short warm-up, then constant
             group["lr"] = args.lr * min(1.0, (step + 1) / 200)
-        loss = F.mse_loss(unet(x_t, t, text_encoder(tokenizer(captions))), noise)
+        error = (unet(x_t, t, text_encoder(tokenizer(captions))) - noise).square().mean(dim=(1, 2, 3))
+        loss = (error * noise_weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -200,20 +205,35 @@ def main() -> None:
     parser.add_argument("--decoder-steps", type=int, default=400)
     parser.add_argument("--decoder-lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-from", type=Path, help="take the VAE of this ldm checkpoint instead of training one")
+    parser.add_argument(
+        "--unet-mult",
+        type=lambda v: tuple(map(int, v.split(","))),
+        default=CONFIG.unet.channel_mult,
+        help="U-Net channel multiplier per level, e.g. 1,2,2,2 for a 2x2 bottom level",
+    )
+    parser.add_argument("--latent-std", type=float, default=1.0, help="std of the scaled latents")
+    parser.add_argument("--noise-weight-max", type=float, default=1.0, help="1: the plain epsilon loss")
     parser.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints")
     args = parser.parse_args()
     args.run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     started = time.time()
-    vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(CONFIG.unet), TextEncoder(CONFIG.text_encoder)
+    attention = tuple(2**i for i in range(len(args.unet_mult)))  # cross-attention at every level
+    unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention)
+    vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(unet_config), TextEncoder(CONFIG.text_encoder)
     images, dataset = render_dataset(args)
-    train_vae(vae, images, args, args.run)
+    if args.vae_from:
+        vae = load_model(args.vae_from).vae.requires_grad_(False)
+        latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
+    else:
+        train_vae(vae, images, args, args.run)
+        print("VAE reconstructions, judged:", reconstruction_score(vae, images, dataset), flush=True)
+        latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
+        finetune_decoder(vae, latents, images, args, args.run)
     print("VAE reconstructions, judged:", reconstruction_score(vae, images, dataset), flush=True)
-    latents, scale = encode_dataset(vae, images, args.run)
-    finetune_decoder(vae, latents, images, args, args.run)
-    print("after decoder fine-tune:", reconstruction_score(vae, images, dataset), flush=True)
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
-    config = ModelConfig(unet=CONFIG.unet, vae=VAEConfig(**{**CONFIG.vae.__dict__, "scale_factor": scale}),
+    config = ModelConfig(unet=unet_config, vae=VAEConfig(**{**vae.config.__dict__, "scale_factor": scale}),
                          text_encoder=CONFIG.text_encoder)  # fmt: skip
     modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
     tensors = {PREFIXES[c] + k: v.half() for c, m in modules.items() for k, v in m.state_dict().items()}
