@@ -30,3 +30,15 @@ def test_fresh_process_load_reports_time_and_memory(tmp_path):
                "--cache", str(tmp_path), "--threads", "1"]  # fmt: skip
     result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     assert result["seconds"] > 0 and 0.05 < result["rss"] < 8
+
+
+def test_fresh_process_memory_is_the_childs_own_not_the_parents(tmp_path):
+    """ru_maxrss in a vfork-spawned child counted the parent's RSS: every child figure read 14.7 GiB."""
+    import torch
+
+    bench.weights("tiny", tmp_path)
+    ballast = torch.ones(2**29)  # 2 GiB, touched, in this (parent) process
+    command = [sys.executable, str(TOOLS / "bench.py"), "--child", "ours", "load-warm", "--model", "tiny",
+               "--cache", str(tmp_path), "--threads", "1"]  # fmt: skip
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    assert ballast.sum() > 0 and result["rss"] < 1.5

@@ -1,4 +1,4 @@
-"""The built-in model's data (tools/scenes.py) and judge (tools/judge.py)."""
+"""The built-in model's data (tools/scenes.py), judge (tools/judge.py) and evaluation (tools/eval.py)."""
 
 import sys
 from pathlib import Path
@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+import eval as evaluation  # noqa: E402
 import judge  # noqa: E402
 import scenes  # noqa: E402
 
@@ -40,3 +41,16 @@ def test_judge_finds_nothing_in_blank_or_grey_noise():
     grey = Image.fromarray(np.repeat(rng.integers(100, 200, (64, 64, 1)), 3, axis=2).astype(np.uint8))
     for image in (Image.new("RGB", (64, 64), (255, 255, 255)), grey):
         assert judge.judge(image)["colour"] is None
+
+
+def test_eval_renders_at_the_scene_size_whatever_the_checkpoint_defaults(tmp_path):
+    """A checkpoint without ldm's defaults.json defaults to 512x512; the judge needs 64x64 scenes."""
+    from ldm import Pipeline
+
+    builtin = Path(__file__).parents[1] / "weights" / "ldm-shapes.safetensors"
+    copy = tmp_path / "shapes.safetensors"  # same weights, but not the built-in path, so SD v1 defaults apply
+    copy.write_bytes(builtin.read_bytes())
+    targets = [s for s, _ in scenes.sample(2, seed=1)]
+    result, images = evaluation.evaluate(Pipeline.load(copy), targets, sampler="ddim", steps=2, guidance=7.5)
+    assert [im.size for im in images] == [(scenes.SIZE, scenes.SIZE)] * 2
+    assert set(result) >= {"colour", "shape", "position", "size", "all"}

@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--noise-weight-max", type=float, default=1.0, help="1: the plain epsilon loss")
     parser.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints")
     args = parser.parse_args()
+    if args.latent_std <= 0 or args.noise_weight_max < 1:
+        parser.error("--latent-std must be > 0 and --noise-weight-max >= 1 (1 is the plain epsilon loss)")
+    if args.vae_from and not args.vae_from.exists():
+        parser.error(f"--vae-from {args.vae_from} does not exist; pass an ldm checkpoint file")
     args.run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     started = time.time()
@@ -223,15 +227,15 @@ def main() -> None:
     unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention)
     vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(unet_config), TextEncoder(CONFIG.text_encoder)
     images, dataset = render_dataset(args)
-    if args.vae_from:
+    if args.vae_from:  # the run's latents.pt must come from this same VAE: use a fresh --run folder
         vae = load_model(args.vae_from).vae.requires_grad_(False)
-        latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
     else:
         train_vae(vae, images, args, args.run)
         print("VAE reconstructions, judged:", reconstruction_score(vae, images, dataset), flush=True)
-        latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
+    latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
+    if not args.vae_from:
         finetune_decoder(vae, latents, images, args, args.run)
-    print("VAE reconstructions, judged:", reconstruction_score(vae, images, dataset), flush=True)
+        print("after decoder fine-tune:", reconstruction_score(vae, images, dataset), flush=True)
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
     config = ModelConfig(unet=unet_config, vae=VAEConfig(**{**vae.config.__dict__, "scale_factor": scale}),
                          text_encoder=CONFIG.text_encoder)  # fmt: skip
