@@ -219,8 +219,15 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
             raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
         state = read_safetensors(weights)[0] if weights.suffix == ".safetensors" else read_pickle_checkpoint(weights)
         tensors[component] = state
+    scheduler = path / "scheduler" / "scheduler_config.json"
+    prediction = "epsilon"  # diffusers keeps what the U-Net predicts in the scheduler's config
+    if scheduler.is_file():
+        try:
+            prediction = json.loads(scheduler.read_text()).get("prediction_type", prediction)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{scheduler} is not valid JSON ({e})") from None
     config = ModelConfig(
-        unet=layout.unet_config_from_diffusers(configs["unet"]),
+        unet=layout.unet_config_from_diffusers(configs["unet"], prediction),
         vae=layout.vae_config_from_diffusers(configs["vae"]),
         text_encoder=layout.text_encoder_config_from_diffusers(configs["text_encoder"]),
     )

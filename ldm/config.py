@@ -30,6 +30,13 @@ class UNetConfig:
     transformer_depth: int = 1
     context_dim: int = 768
     norm_groups: int = 32
+    # What the U-Net outputs: "epsilon" (the noise, SD v1) or "v_prediction" (sqrt(a) noise - sqrt(1-a) x0, as
+    # SD 2.x-v; diffusers' scheduler names, CompVis' `parameterization: "v"`).
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ConfigError(f"unknown prediction_type {self.prediction_type!r}; use 'epsilon' or 'v_prediction'")
 
     def level_channels(self) -> list[int]:
         return [self.model_channels * m for m in self.channel_mult]

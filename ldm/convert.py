@@ -101,7 +101,8 @@ def write_diffusers_folder(tensors: dict[str, Tensor], dst: Path, config: ModelC
             "vae": ["diffusers", "AutoencoderKL"],
         }
         _write_json(tmp / "model_index.json", index)
-        _write_json(tmp / "scheduler" / "scheduler_config.json", SD_V1_SCHEDULER)
+        scheduler = {**SD_V1_SCHEDULER, "prediction_type": config.unet.prediction_type}
+        _write_json(tmp / "scheduler" / "scheduler_config.json", scheduler)
         for name in ("unet", "vae"):
             _write_json(tmp / name / "config.json", {"_class_name": classes[name], **configs[name]})
             _save(weights[name], tmp / name / "diffusion_pytorch_model.safetensors")

@@ -201,7 +201,7 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict[str, Any]:
     }
 
 
-def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
+def unet_config_from_diffusers(d: dict[str, Any], prediction_type: str = "epsilon") -> UNetConfig:
     channels = list(d.get("block_out_channels", (320, 640, 1280, 1280)))
     base = channels[0]
     if any(c % base for c in channels):
@@ -224,6 +224,7 @@ def unet_config_from_diffusers(d: dict[str, Any]) -> UNetConfig:
         transformer_depth=depth if isinstance(depth, int) else depth[0],
         context_dim=d.get("cross_attention_dim", 768),
         norm_groups=d.get("norm_num_groups", 32),
+        prediction_type=prediction_type,
     )
 
 

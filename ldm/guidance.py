@@ -1,4 +1,9 @@
-"""Classifier-free guidance (Ho & Salimans 2022) around an eps-predicting U-Net, as a denoiser D(x, sigma) -> x0."""
+"""Classifier-free guidance (Ho & Salimans 2022) around a U-Net, as a denoiser D(x, sigma) -> x0.
+
+The U-Net predicts the noise (epsilon, SD v1) or v = sqrt(a) noise - sqrt(1 - a) x0 (v_prediction); guidance mixes
+its raw outputs, as diffusers does, and the mix is turned into x0 (both are affine in the output, so it is the
+same as mixing x0 as k-diffusion does).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+
+from ldm.errors import ConfigError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class CFGDenoiser:
@@ -23,8 +32,12 @@ class CFGDenoiser:
         guidance: float,
         timestep_of: Callable[[Tensor], Tensor],
         concat: Tensor | None = None,
+        prediction_type: str = "epsilon",
     ):
+        if prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
         self.unet, self.guidance, self.timestep_of = unet, guidance, timestep_of
+        self.prediction_type = prediction_type
         self.dtype = next(unet.parameters()).dtype
         guided = uncond is not None and guidance != 1
         self.context = torch.cat([uncond, cond]) if guided else cond  # uncond first, as diffusers batches it
@@ -38,8 +51,10 @@ class CFGDenoiser:
         if self.concat is not None:
             x_in = torch.cat([x_in, self.concat], dim=1)
         t = self.timestep_of(sigma).to(x.device).expand(x_in.shape[0])
-        eps = self.unet(x_in.to(self.dtype), t, self.context).float()
+        out = self.unet(x_in.to(self.dtype), t, self.context).float()
         if self.guided:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + self.guidance * (eps_cond - eps_uncond)
-        return x - sigma * eps
+            out_uncond, out_cond = out.chunk(2)
+            out = out_uncond + self.guidance * (out_cond - out_uncond)
+        if self.prediction_type == "v_prediction":  # x0 = sqrt(a) x_in - sqrt(1 - a) v, in sigma terms
+            return x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
+        return x - sigma * out

@@ -21,6 +21,7 @@ from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
 from ldm.images import to_pil
 from ldm.offload import MODES, ModelOffload, offload_sequentially
+from ldm.prompt_cache import PromptCache
 from ldm.tiling import tiled_decode
 from ldm.tokenizer import Tokenizer
 
@@ -51,6 +52,7 @@ class Pipeline:
         self.vae_slicing = False  # decode a batch one image at a time
         self.offload: ModelOffload | None = None
         self.last_seeds: list[int] = []  # the seed of each image of the last call, in order
+        self.prompt_cache = PromptCache()
 
     @classmethod
     def load(
@@ -197,7 +199,8 @@ class Pipeline:
         context = self.encode(prompts, s["clip_skip"])
         uncond = self.encode(negatives, s["clip_skip"]) if s["guidance"] != 1 else None
         plan = samplers.plan(s["sampler"], s["steps"], karras=s["karras"])
-        denoiser = CFGDenoiser(self.model.unet, context, uncond, s["guidance"], plan.timestep)
+        denoiser = CFGDenoiser(self.model.unet, context, uncond, s["guidance"], plan.timestep,
+                               prediction_type=self.model.config.unet.prediction_type)  # fmt: skip
         factor = self.model.config.vae.downscale
         shape = (len(prompts), self.model.config.vae.z_channels, s["height"] // factor, s["width"] // factor)
         if latents is None:
@@ -220,9 +223,14 @@ class Pipeline:
         return to_pil(self.decode(x))
 
     def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:
-        ids = self.tokenizer(prompts).to(self.device)
-        self._activate(self.model.text_encoder)
-        return self.model.text_encoder(ids, clip_skip=clip_skip)
+        """(B, T, C) text context; each distinct prompt is encoded once and remembered (ldm/prompt_cache.py)."""
+
+        @torch.no_grad()  # a cached row must not hold an autograd graph
+        def run(distinct: list[str]) -> torch.Tensor:
+            self._activate(self.model.text_encoder)
+            return self.model.text_encoder(self.tokenizer(distinct).to(self.device), clip_skip=clip_skip)
+
+        return self.prompt_cache.encode(self.model.text_encoder, prompts, clip_skip, run)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [-1, 1], float32; tiled and sliced as set on the pipeline."""

@@ -17,7 +17,9 @@ def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert rows[0]["fp32_gflops"] > 0
     lines = [r["line"] for r in rows[1:]]
-    assert lines == ["text encoder, batch 2 (s)", "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)",
+    assert lines == ["text encoder, batch 2, nothing cached (s)",
+                     "text encoder, batch 2, new prompt, empty negative cached (s)",
+                     "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)",
                      "U-Net with CFG, bfloat16, 64x64 (s)"]  # fmt: skip
     assert all(r["ours"] > 0 and r["diffusers"] > 0 and r["floor_ratio"] > 0 for r in rows[1:])
     assert 0 < rows[-1]["error_vs_fp32"] < 0.1

@@ -1,5 +1,6 @@
 """Loading every SD v1 layout into bit-identical weights, and refusing every broken or hostile file."""
 
+import dataclasses
 import json
 import struct
 import sys
@@ -14,7 +15,7 @@ from ldm import diffusers_layout as layout
 from ldm.checkpoint import PREFIXES, UNUSED_KEYS, ema_key, infer_config, load_model, read_checkpoint
 from ldm.config import ModelConfig
 from ldm.convert import write_diffusers_folder, write_single_file
-from ldm.errors import CheckpointError
+from ldm.errors import CheckpointError, ConfigError
 
 DATA = Path(__file__).parent / "data"
 DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32}
@@ -261,3 +262,10 @@ def test_diffusers_keys_translated_through_the_table_match_ours(tiny):
     unet = {k[len(PREFIXES["unet"]) :]: v for k, v in tensors.items() if k.startswith(PREFIXES["unet"])}
     back = layout.unet_from_diffusers(layout.unet_to_diffusers(unet, tiny.unet), tiny.unet)
     assert all(torch.equal(back[k], unet[k]) for k in unet)
+
+
+def test_v_prediction_preset_is_sd_v1_predicting_v():
+    sd, v = ModelConfig.preset("sd-v1"), ModelConfig.preset("sd-v1-vpred")
+    assert v == dataclasses.replace(sd, unet=dataclasses.replace(sd.unet, prediction_type="v_prediction"))
+    with pytest.raises(ConfigError, match="prediction_type"):
+        ModelConfig.from_dict({"unet": {"prediction_type": "x0"}})

@@ -191,3 +191,71 @@ def test_compiled_unet_makes_the_same_image(checkpoint, pipe):
     assert np.abs(make(compiled) - make(pipe)).max() <= 1
     with pytest.raises(ConfigError, match="compile and offload"):
         Pipeline.load(checkpoint[0], device="cpu", compile=True, offload="model")
+
+
+def encoder_batches(pipe: Pipeline) -> list[int]:
+    """Records the batch size of every text encoder call from now on."""
+    calls = []
+    pipe.model.text_encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_each_distinct_prompt_is_encoded_once_and_remembered(checkpoint):
+    pipe = Pipeline.load(checkpoint[0], device="cpu")
+    prompts = ["a red circle", "", "a red circle", "a blue square"]
+    with torch.no_grad():
+        direct = pipe.model.text_encoder(pipe.tokenizer(prompts))
+    calls = encoder_batches(pipe)
+    context = pipe.encode(prompts, 1)
+    torch.testing.assert_close(context, direct, rtol=0, atol=1e-6)
+    assert calls == [3]
+    pipe.encode(["a blue square", ""], 1)  # both remembered
+    pipe.encode(["a blue square", "a green one"], 2)  # another clip_skip is another encoding
+    assert calls == [3, 2]
+    pipe(["a red circle"] * 2, negative_prompt="", steps=2, width=64, height=64, progress=False)
+    assert calls == [3, 2]
+
+
+def test_new_weights_are_never_served_a_stale_encoding(checkpoint):
+    pipe = Pipeline.load(checkpoint[0], device="cpu")
+    before = pipe.encode(["a red circle"], 1)
+    with torch.no_grad():
+        pipe.model.text_encoder.text_model.final_layer_norm.bias.add_(1.0)  # edited in place
+    after = pipe.encode(["a red circle"], 1)
+    torch.testing.assert_close(after, before + 1.0, rtol=0, atol=1e-5)
+    pipe.model.text_encoder.double()  # cast: new storages
+    assert pipe.encode(["a red circle"], 1).dtype == torch.float64
+
+
+def test_prompt_cache_keeps_only_the_most_recent_prompts(checkpoint):
+    pipe = Pipeline.load(checkpoint[0], device="cpu")
+    pipe.prompt_cache.size = 2
+    calls = encoder_batches(pipe)
+    for prompt in ("one", "two", "one", "three", "one", "two"):
+        pipe.encode([prompt], 1)
+    assert calls == [1, 1, 1, 1]  # "one" stays (used again), "two" was dropped for "three"
+    assert len(pipe.prompt_cache.entries) == 2
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
+def test_v_prediction_model_gives_diffusers_image(tmp_path, sampler):
+    """A U-Net that predicts v (config prediction_type, diffusers' scheduler prediction_type) samples as
+    diffusers samples it, from our single file and from the diffusers folder we write."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    config = dataclasses.replace(E2E, unet=dataclasses.replace(E2E.unet, prediction_type="v_prediction"))
+    tensors = random_model(config, seed=3)
+    folder = write_diffusers_folder(tensors, tmp_path / "d", config)
+    reference = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    cls, extra = SCHEDULERS[sampler]
+    reference.scheduler = getattr(diffusers, cls).from_config(reference.scheduler.config, **extra)
+    assert reference.scheduler.config.prediction_type == "v_prediction"
+    theirs = reference("a red cube", num_inference_steps=5, guidance_scale=7.5, width=64, height=64,
+                       generator=torch.Generator().manual_seed(5)).images[0]  # fmt: skip
+    for source in (write_single_file(tensors, tmp_path / "v.safetensors", config), folder):
+        ours = Pipeline.load(source, device="cpu")
+        assert ours.model.config.unet.prediction_type == "v_prediction"
+        image = ours("a red cube", steps=5, sampler=sampler, seed=5, width=64, height=64, progress=False)[0]
+        a, b = np.asarray(image).astype(int), np.asarray(theirs).astype(int)
+        assert a.std() > 5 and np.abs(a - b).max() <= 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import resource
@@ -198,8 +199,8 @@ def flops(fn: Callable[[], object]) -> int:
 # ---- the report ----------------------------------------------------------------------------------------------
 
 
-def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable]]:
-    """(line, ours, diffusers) for each in-process measurement asked for."""
+def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable, Callable]]:
+    """(line, ours, diffusers, the work the floor counts) for each in-process measurement asked for."""
     cases = []
     if "text" in args.only:
 
@@ -208,16 +209,28 @@ def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable]]:
                                       return_tensors="pt")  # fmt: skip
             return theirs.text_encoder(tokens.input_ids)[0]
 
-        cases.append(("text encoder, batch 2 (s)", partial(ours.encode, PROMPTS, 1), their_text))
+        def ours_uncached() -> torch.Tensor:
+            ours.prompt_cache.entries.clear()
+            return ours.encode(PROMPTS, 1)
+
+        new_prompts = (f"{PROMPTS[0]}, take {i}" for i in itertools.count())
+
+        def ours_new_prompt() -> torch.Tensor:  # what a user changing the prompt, not the negative, runs
+            return ours.encode([next(new_prompts), PROMPTS[1]], 1)
+
+        cases.append(("text encoder, batch 2, nothing cached (s)", ours_uncached, their_text, ours_uncached))
+        cases.append(("text encoder, batch 2, new prompt, empty negative cached (s)", ours_new_prompt, their_text,
+                      ours_uncached))  # fmt: skip
     context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
     for size in args.sizes:
         z = torch.randn(2, 4, size // 8, size // 8)
         if "unet" in args.only:
-            cases.append((f"U-Net with CFG (batch 2), {size}x{size} (s)", partial(ours.model.unet, z, t, context),
-                          partial(theirs.unet, z, t, encoder_hidden_states=context)))  # fmt: skip
+            unet = partial(ours.model.unet, z, t, context)
+            cases.append((f"U-Net with CFG (batch 2), {size}x{size} (s)", unet,
+                          partial(theirs.unet, z, t, encoder_hidden_states=context), unet))  # fmt: skip
         if "vae" in args.only:
-            cases.append((f"VAE decode, {size}x{size} (s)", partial(ours.model.vae.decode, z[:1]),
-                          partial(theirs.vae.decode, z[:1])))  # fmt: skip
+            decode = partial(ours.model.vae.decode, z[:1])
+            cases.append((f"VAE decode, {size}x{size} (s)", decode, partial(theirs.vae.decode, z[:1]), decode))
     return cases
 
 
@@ -320,8 +333,8 @@ def measure(args) -> list[dict]:
     if {"text", "unet", "vae"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
-            for line, ours_fn, theirs_fn in component_cases(ours_pipe, theirs_pipe, args):
-                row(line, *alternate(ours_fn, theirs_fn, args.repeats), flops(ours_fn) / rate)
+            for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
+                row(line, *alternate(ours_fn, theirs_fn, args.repeats), flops(work_fn) / rate)
             if "bf16" in args.only:
                 bf16_rows(ours_pipe, theirs_pipe, args, row)
         del ours_pipe, theirs_pipe

@@ -71,8 +71,9 @@ def reconstruction_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_score(vae: AutoencoderKL, images: torch.Tensor, dataset: list[scenes.Scene]) -> dict:
     """The judge on VAE reconstructions of the first 256 scenes: the ceiling for the whole model."""
-    recon = torch.cat([vae.decode(vae.encode(images[i : i + 64]).mean) for i in range(0, 256, 64)])
-    return judge.score(list(recon.clamp(-1, 1)), dataset[:256])
+    n = min(256, len(images))
+    recon = torch.cat([vae.decode(vae.encode(images[i : min(i + 64, n)]).mean) for i in range(0, n, 64)])
+    return judge.score(list(recon.clamp(-1, 1)), dataset[:n])
 
 
 def train_vae(vae: AutoencoderKL, images: torch.Tensor, args, run: Path) -> None:
@@ -139,6 +140,15 @@ def finetune_decoder(vae: AutoencoderKL, latents: torch.Tensor, images: torch.Te
     vae.eval().requires_grad_(False)
 
 
+def training_target(prediction: str, x_t: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, a: torch.Tensor):
+    """What the U-Net learns to output for x_t = sqrt(a) x0 + sqrt(1 - a) noise (or pure noise at t=999).
+
+    v = sqrt(a) noise - sqrt(1 - a) x0 is nearly -x0 at high noise, where epsilon is nearly x_t itself: an epsilon
+    model must copy its input to within the SNR to say anything about the picture there. Written with x_t, v is
+    what the sampler turns back into x0 for the pure-noise samples too."""
+    return (a.sqrt() * x_t - x0) / (1 - a).sqrt() if prediction == "v_prediction" else noise
+
+
 def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path) -> tuple:
     tokenizer = Tokenizer()
     params = [*unet.parameters(), *text_encoder.parameters()]
@@ -171,9 +181,20 @@ def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path
         noise = torch.randn(x0.shape, generator=g)
         a = a_bar[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        if args.pure_noise_fraction > 0:
+            # At t=999 SD v1's schedule still lets the picture show through (SNR 0.005), and a small U-Net learns
+            # to read the shape's position from that faint trace, never from the caption; sampling then starts
+            # from pure noise and puts the shape wherever the noise happens to suggest. Some samples at t=999
+            # with nothing but noise leave the caption as the only source (Lin et al. 2023 make the whole
+            # schedule reach zero SNR instead; that would change the sampler, this keeps SD v1's).
+            pure = (torch.rand(args.batch, generator=g) < args.pure_noise_fraction).view(-1, 1, 1, 1)
+            t = torch.where(pure.flatten(), 999, t)
+            a = a_bar[t].view(-1, 1, 1, 1)
+            x_t = torch.where(pure, noise, x_t)
         for group in opt.param_groups:  # short warm-up, then constant
             group["lr"] = args.lr * min(1.0, (step + 1) / 200)
-        error = (unet(x_t, t, text_encoder(tokenizer(captions))) - noise).square().mean(dim=(1, 2, 3))
+        target = training_target(args.prediction, x_t, x0, noise, a)
+        error = (unet(x_t, t, text_encoder(tokenizer(captions))) - target).square().mean(dim=(1, 2, 3))
         loss = (error * noise_weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -213,20 +234,29 @@ def main() -> None:
         help="U-Net channel multiplier per level, e.g. 1,2,2,2 for a 2x2 bottom level",
     )
     parser.add_argument("--latent-std", type=float, default=1.0, help="std of the scaled latents")
-    parser.add_argument("--noise-weight-max", type=float, default=1.0, help="1: the plain epsilon loss")
+    parser.add_argument("--noise-weight-max", type=float, default=1.0, help="1: the plain loss")
+    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    parser.add_argument("--pure-noise-fraction", type=float, default=0.0,
+                        help="of each batch, at t=999 with pure noise as input (v_prediction only)")  # fmt: skip
+    parser.add_argument("--init-from", type=Path, help="fine-tune this ldm checkpoint: its VAE, U-Net and text encoder")
     parser.add_argument("--save-every", type=int, default=10, help="steps between resumable checkpoints")
     args = parser.parse_args()
     if args.latent_std <= 0 or args.noise_weight_max < 1:
-        parser.error("--latent-std must be > 0 and --noise-weight-max >= 1 (1 is the plain epsilon loss)")
-    if args.vae_from and not args.vae_from.exists():
-        parser.error(f"--vae-from {args.vae_from} does not exist; pass an ldm checkpoint file")
+        parser.error("--latent-std must be > 0 and --noise-weight-max >= 1 (1 is the plain loss)")
+    if not 0 <= args.pure_noise_fraction < 1 or (args.pure_noise_fraction and args.prediction != "v_prediction"):
+        parser.error("--pure-noise-fraction must be in [0, 1) and needs --prediction v_prediction")
+    for flag, path in (("--vae-from", args.vae_from), ("--init-from", args.init_from)):
+        if path and not path.exists():
+            parser.error(f"{flag} {path} does not exist; pass an ldm checkpoint file")
     args.run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     started = time.time()
     attention = tuple(2**i for i in range(len(args.unet_mult)))  # cross-attention at every level
-    unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention)
+    unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention,
+                          prediction_type=args.prediction)  # fmt: skip
     vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(unet_config), TextEncoder(CONFIG.text_encoder)
     images, dataset = render_dataset(args)
+    args.vae_from = args.vae_from or args.init_from
     if args.vae_from:  # the run's latents.pt must come from this same VAE: use a fresh --run folder
         vae = load_model(args.vae_from).vae.requires_grad_(False)
     else:
@@ -236,6 +266,11 @@ def main() -> None:
     if not args.vae_from:
         finetune_decoder(vae, latents, images, args, args.run)
         print("after decoder fine-tune:", reconstruction_score(vae, images, dataset), flush=True)
+    if args.init_from:  # a fine-tune keeps the file's latent scale exactly
+        start = load_model(args.init_from)
+        unet.load_state_dict(start.unet.state_dict())
+        text_encoder.load_state_dict(start.text_encoder.state_dict())
+        scale = start.config.vae.scale_factor
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
     config = ModelConfig(unet=unet_config, vae=VAEConfig(**{**vae.config.__dict__, "scale_factor": scale}),
                          text_encoder=CONFIG.text_encoder)  # fmt: skip

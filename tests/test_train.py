@@ -1,0 +1,61 @@
+"""tools/train.py: what the U-Net is taught to output is what the sampler reads back."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import train  # noqa: E402
+
+from ldm.guidance import CFGDenoiser  # noqa: E402
+from ldm.schedule import alphas_cumprod  # noqa: E402
+
+
+class Oracle(torch.nn.Module):
+    """A "U-Net" that answers with the training target for the input it is shown."""
+
+    def __init__(self, target: torch.Tensor):
+        super().__init__()
+        self.target, self.scale = target, torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t, context):
+        return self.target * self.scale
+
+
+def test_a_perfect_v_model_denoises_to_the_training_image_even_from_pure_noise():
+    a_bar = alphas_cumprod()
+    x0, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    for t, pure in ((999, True), (999, False), (500, False), (20, False)):
+        a = a_bar[t]
+        x_t = noise if pure else a.sqrt() * x0 + (1 - a).sqrt() * noise
+        sigma = ((1 - a) / a).sqrt()
+        for prediction in ("v_prediction", "epsilon"):
+            if prediction == "epsilon" and pure:
+                continue  # epsilon cannot say anything about x0 in pure noise: the reason for v here
+            target = train.training_target(prediction, x_t, x0, noise, a)
+            timestep = torch.tensor([t])
+            denoiser = CFGDenoiser(Oracle(target), torch.zeros(3, 2, 2), None, 1.0, lambda s, t=timestep: t,
+                                   prediction_type=prediction)  # fmt: skip
+            # the sampler's x is x_t / sqrt(a): k-diffusion's x0 + sigma * noise
+            torch.testing.assert_close(denoiser(x_t / a.sqrt(), sigma), x0, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tiny_v_prediction_run_writes_a_loadable_model_and_resumes(tmp_path, monkeypatch):
+    from ldm import Pipeline
+
+    out, run = tmp_path / "tiny.safetensors", tmp_path / "run"
+    common = ["--out", str(out), "--run", str(run), "--dataset", "64", "--vae-steps", "2", "--decoder-steps", "2",
+              "--batch", "4", "--vae-batch", "4", "--prediction", "v_prediction",
+              "--pure-noise-fraction", "0.25"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["train.py", *common, "--steps", "2"])
+    train.main()
+    first = torch.load(run / "diffusion.pt", weights_only=True)
+    assert first["step"] == 2
+    monkeypatch.setattr(sys, "argv", ["train.py", *common, "--steps", "3"])
+    train.main()  # resumes at step 2 and trains one more
+    assert torch.load(run / "diffusion.pt", weights_only=True)["step"] == 3
+    pipe = Pipeline.load(out)
+    assert pipe.model.config.unet.prediction_type == "v_prediction"
+    image = pipe("a small red circle at the top left", steps=2, width=64, height=64, seed=0, progress=False)[0]
+    assert image.size == (64, 64)
