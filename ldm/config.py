@@ -16,6 +16,7 @@ from typing import Any
 from ldm.errors import ConfigError
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a U-Net outputs, in diffusers' scheduler names
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,10 @@ class UNetConfig:
     prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ConfigError(f"unknown prediction_type {self.prediction_type!r}; use 'epsilon' or 'v_prediction'")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ConfigError(
+                f"unknown prediction_type {self.prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}"
+            )
 
     def level_channels(self) -> list[int]:
         return [self.model_channels * m for m in self.channel_mult]

@@ -12,9 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ldm.config import PREDICTION_TYPES
 from ldm.errors import ConfigError
-
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 class CFGDenoiser:

@@ -196,8 +196,9 @@ class Pipeline:
         self.last_seeds = [seed + i for i in range(len(prompts))]
         generators = [torch.Generator("cpu").manual_seed(s_) for s_ in self.last_seeds]
 
-        context = self.encode(prompts, s["clip_skip"])
-        uncond = self.encode(negatives, s["clip_skip"]) if s["guidance"] != 1 else None
+        guided = s["guidance"] != 1  # guidance 1 needs no unconditional side
+        context = self.encode(prompts + negatives if guided else prompts, s["clip_skip"])  # one encoder batch
+        context, uncond = (context[: len(prompts)], context[len(prompts) :]) if guided else (context, None)
         plan = samplers.plan(s["sampler"], s["steps"], karras=s["karras"])
         denoiser = CFGDenoiser(self.model.unet, context, uncond, s["guidance"], plan.timestep,
                                prediction_type=self.model.config.unet.prediction_type)  # fmt: skip

@@ -37,7 +37,7 @@ class PromptCache:
         missing = [p for p in dict.fromkeys(prompts) if (p, clip_skip) not in self.entries]
         if missing:
             for prompt, row in zip(missing, run(missing), strict=True):
-                self.entries[(prompt, clip_skip)] = row
+                self.entries[(prompt, clip_skip)] = row.clone()  # not a view that keeps the whole batch alive
         rows = []
         for prompt in prompts:
             self.entries.move_to_end((prompt, clip_skip))

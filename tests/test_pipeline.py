@@ -214,6 +214,8 @@ def test_each_distinct_prompt_is_encoded_once_and_remembered(checkpoint):
     assert calls == [3, 2]
     pipe(["a red circle"] * 2, negative_prompt="", steps=2, width=64, height=64, progress=False)
     assert calls == [3, 2]
+    pipe(["a cat", "a dog"], negative_prompt="blurry", steps=2, width=64, height=64, progress=False)
+    assert calls == [3, 2, 3]  # prompts and negative prompt in one encoder batch
 
 
 def test_new_weights_are_never_served_a_stale_encoding(checkpoint):

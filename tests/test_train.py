@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
@@ -59,3 +60,30 @@ def test_a_tiny_v_prediction_run_writes_a_loadable_model_and_resumes(tmp_path, m
     assert pipe.model.config.unet.prediction_type == "v_prediction"
     image = pipe("a small red circle at the top left", steps=2, width=64, height=64, seed=0, progress=False)[0]
     assert image.size == (64, 64)
+
+    # Fine-tune the result: --init-from takes its VAE, U-Net, text encoder and latent scale.
+    tuned = tmp_path / "tuned.safetensors"
+    tune = ["--init-from", str(out), "--out", str(tuned), "--run", str(tmp_path / "run2"), "--dataset", "64",
+            "--batch", "4", "--steps", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["train.py", *tune])
+    train.main()
+    tuned_config = Pipeline.load(tuned).model.config
+    assert tuned_config.vae.scale_factor == pipe.model.config.vae.scale_factor
+    assert tuned_config.unet.prediction_type == "v_prediction"  # kept from the file, not reset to epsilon
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--pure-noise-fraction", "0.2"], "needs --prediction v_prediction"),
+        (["--prediction", "v_prediction", "--pure-noise-fraction", "1.5"], "must be in [0, 1)"),
+        (["--init-from", "missing.safetensors"], "does not exist"),
+        (["--init-from", __file__, "--vae-from", __file__], "drop --vae-from"),
+    ],
+)
+def test_bad_training_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.setattr(sys, "argv", ["train.py", "--run", str(tmp_path / "run"), *flags])
+    with pytest.raises(SystemExit):
+        train.main()
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -28,7 +28,7 @@ import judge  # noqa: E402
 import scenes  # noqa: E402
 
 from ldm.checkpoint import PREFIXES, load_model  # noqa: E402
-from ldm.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
+from ldm.config import PREDICTION_TYPES, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
 from ldm.convert import write_single_file  # noqa: E402
 from ldm.schedule import alphas_cumprod  # noqa: E402
 from ldm.text_encoder import TextEncoder  # noqa: E402
@@ -235,7 +235,7 @@ def main() -> None:
     )
     parser.add_argument("--latent-std", type=float, default=1.0, help="std of the scaled latents")
     parser.add_argument("--noise-weight-max", type=float, default=1.0, help="1: the plain loss")
-    parser.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon")
+    parser.add_argument("--prediction", choices=PREDICTION_TYPES, help="epsilon, or the --init-from file's")
     parser.add_argument("--pure-noise-fraction", type=float, default=0.0,
                         help="of each batch, at t=999 with pure noise as input (v_prediction only)")  # fmt: skip
     parser.add_argument("--init-from", type=Path, help="fine-tune this ldm checkpoint: its VAE, U-Net and text encoder")
@@ -243,37 +243,45 @@ def main() -> None:
     args = parser.parse_args()
     if args.latent_std <= 0 or args.noise_weight_max < 1:
         parser.error("--latent-std must be > 0 and --noise-weight-max >= 1 (1 is the plain loss)")
-    if not 0 <= args.pure_noise_fraction < 1 or (args.pure_noise_fraction and args.prediction != "v_prediction"):
-        parser.error("--pure-noise-fraction must be in [0, 1) and needs --prediction v_prediction")
+    if not 0 <= args.pure_noise_fraction < 1:
+        parser.error("--pure-noise-fraction must be in [0, 1)")
     for flag, path in (("--vae-from", args.vae_from), ("--init-from", args.init_from)):
         if path and not path.exists():
             parser.error(f"{flag} {path} does not exist; pass an ldm checkpoint file")
-    args.run.mkdir(parents=True, exist_ok=True)
+    if args.vae_from and args.init_from:
+        parser.error("--init-from already takes the file's VAE; drop --vae-from")
     torch.manual_seed(args.seed)
     started = time.time()
     attention = tuple(2**i for i in range(len(args.unet_mult)))  # cross-attention at every level
-    unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention,
-                          prediction_type=args.prediction)  # fmt: skip
-    vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(unet_config), TextEncoder(CONFIG.text_encoder)
+    unet_config = replace(CONFIG.unet, channel_mult=args.unet_mult, attention_resolutions=attention)
+    start = load_model(args.init_from) if args.init_from else None
+    text_config = CONFIG.text_encoder
+    if start:  # a fine-tune keeps the file's architecture; only what the U-Net predicts may change
+        unet_config, text_config = start.config.unet, start.config.text_encoder
+    args.prediction = args.prediction or unet_config.prediction_type
+    if args.pure_noise_fraction and args.prediction != "v_prediction":
+        parser.error("--pure-noise-fraction needs --prediction v_prediction (epsilon says nothing in pure noise)")
+    unet_config = replace(unet_config, prediction_type=args.prediction)
+    args.run.mkdir(parents=True, exist_ok=True)
+    vae, unet, text_encoder = AutoencoderKL(CONFIG.vae), UNetModel(unet_config), TextEncoder(text_config)
+    if start:
+        unet.load_state_dict(start.unet.state_dict())
+        text_encoder.load_state_dict(start.text_encoder.state_dict())
     images, dataset = render_dataset(args)
-    args.vae_from = args.vae_from or args.init_from
-    if args.vae_from:  # the run's latents.pt must come from this same VAE: use a fresh --run folder
-        vae = load_model(args.vae_from).vae.requires_grad_(False)
+    if start or args.vae_from:  # the run's latents.pt must come from this same VAE: use a fresh --run folder
+        vae = (start or load_model(args.vae_from)).vae.requires_grad_(False)
     else:
         train_vae(vae, images, args, args.run)
         print("VAE reconstructions, judged:", reconstruction_score(vae, images, dataset), flush=True)
     latents, scale = encode_dataset(vae, images, args.run, args.latent_std)
-    if not args.vae_from:
+    if start:
+        scale = start.config.vae.scale_factor  # exactly the latent scale the fine-tuned U-Net learned
+    elif not args.vae_from:
         finetune_decoder(vae, latents, images, args, args.run)
         print("after decoder fine-tune:", reconstruction_score(vae, images, dataset), flush=True)
-    if args.init_from:  # a fine-tune keeps the file's latent scale exactly
-        start = load_model(args.init_from)
-        unet.load_state_dict(start.unet.state_dict())
-        text_encoder.load_state_dict(start.text_encoder.state_dict())
-        scale = start.config.vae.scale_factor
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, dataset, scale, args, args.run)
     config = ModelConfig(unet=unet_config, vae=VAEConfig(**{**vae.config.__dict__, "scale_factor": scale}),
-                         text_encoder=CONFIG.text_encoder)  # fmt: skip
+                         text_encoder=text_config)  # fmt: skip
     modules = {"unet": unet, "vae": vae, "text_encoder": text_encoder}
     tensors = {PREFIXES[c] + k: v.half() for c, m in modules.items() for k, v in m.state_dict().items()}
     write_single_file(tensors, args.out, config, force=True)
