@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from ldm import diffusers_layout as layout
 from ldm.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from ldm.errors import CheckpointError
+from ldm.mapped_safetensors import read_mapped
 from ldm.text_encoder import TextEncoder
 from ldm.unet import UNetModel
 from ldm.vae import AutoencoderKL
@@ -110,21 +110,12 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Memory-mapped tensors of a safetensors file, and its metadata."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-    if len(head) < 8 or int.from_bytes(head, "little") + 8 > size:
-        raise CheckpointError(
-            f"{path} is truncated or not a safetensors file (its header runs past the end of the file)"
-        )
+    """Memory-mapped tensors of a safetensors file (each its own mapping, ldm/mapped_safetensors.py), and its
+    metadata."""
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        return read_mapped(path)
+    except (ValueError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({_first_line(e)}); re-download it") from None
-    return tensors, metadata
 
 
 class _Inert:

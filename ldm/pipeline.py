@@ -21,6 +21,7 @@ from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
 from ldm.images import to_pil
 from ldm.offload import MODES, ModelOffload, offload_sequentially
+from ldm.packing import pack_weights, unpack_weights
 from ldm.prompt_cache import PromptCache
 from ldm.tiling import tiled_decode
 from ldm.tokenizer import Tokenizer
@@ -97,6 +98,9 @@ class Pipeline:
         pipe.set_offload(offload)
         if compile:
             pipe.compile()
+        elif device.type == "cpu" and not offload:
+            for module in (model.text_encoder, model.unet, model.vae):
+                pack_weights(module)  # reordered for oneDNN on first use (ldm/packing.py)
         pipe.set_attention(resolve_backend(attention, device))
         if path == BUILTIN:
             pipe.defaults.update(builtin_defaults())
@@ -110,6 +114,7 @@ class Pipeline:
         """Compile the U-Net's forward with torch.compile; the module (and its weights) stay as they are."""
         if self.offload is not None or any(m._forward_pre_hooks for m in self.model.unet.modules()):
             raise ConfigError("compile and offload do not combine; choose one")
+        unpack_weights(self.model.unet)  # torch.compile packs weights its own way
         self.model.unet.forward = torch.compile(self.model.unet.forward, dynamic=False)
 
     def set_offload(self, mode: str | None) -> None:

@@ -14,10 +14,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ldm.packing import PackedLayer, tensor_identity
+
 
 def weights_fingerprint(module: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced, cast, moved or modified in place."""
-    return tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in module.parameters())
+    """Changes whenever a parameter is replaced, cast, moved or modified in place; not when a layer packs its
+    weight for oneDNN (ldm/packing.py), which keeps the values."""
+    fingerprint = []
+    for layer in module.modules():
+        own = {name: tensor_identity(p) for name, p in layer.named_parameters(recurse=False)}
+        if isinstance(layer, PackedLayer):
+            own["weight"] = layer.weight_identity()
+        fingerprint.append(tuple(sorted(own.items())))
+    return tuple(fingerprint)
 
 
 class PromptCache:

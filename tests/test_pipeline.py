@@ -1,6 +1,8 @@
 """End to end: our Pipeline against diffusers' StableDiffusionPipeline on the same random SD v1 weights."""
 
 import dataclasses
+import gc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from ldm.checkpoint import PREFIXES, Model
 from ldm.config import ModelConfig, TextEncoderConfig
 from ldm.convert import write_diffusers_folder, write_single_file
 from ldm.errors import ConfigError
+from ldm.packing import PackedLayer
 from ldm.text_encoder import TextEncoder
 from ldm.unet import UNetModel
 from ldm.vae import AutoencoderKL
@@ -261,3 +264,18 @@ def test_v_prediction_model_gives_diffusers_image(tmp_path, sampler):
         image = ours("a red cube", steps=5, sampler=sampler, seed=5, width=64, height=64, progress=False)[0]
         a, b = np.asarray(image).astype(int), np.asarray(theirs).astype(int)
         assert a.std() > 5 and np.abs(a - b).max() <= 2
+
+
+def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_back(checkpoint):
+    path = checkpoint[0].resolve()
+
+    def mappings() -> int:
+        return sum(line.endswith(str(path)) for line in Path("/proc/self/maps").read_text().splitlines())
+
+    pipe = Pipeline.load(path, device="cpu")
+    mapped = mappings()
+    pipe("a red cube", steps=1, width=64, height=64, progress=False)
+    packed = [m for m in pipe.model.unet.modules() if isinstance(m, PackedLayer)]
+    assert packed and all(m.packed is not None for m in packed)
+    gc.collect()
+    assert mappings() <= mapped - len(packed)  # each packed layer's dense weight was unmapped

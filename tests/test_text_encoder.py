@@ -7,6 +7,7 @@ from helpers import rel_error
 from ldm import diffusers_layout as layout
 from ldm.config import ModelConfig, TextEncoderConfig
 from ldm.errors import ConfigError
+from ldm.packing import pack_weights
 from ldm.text_encoder import TextEncoder
 
 CONFIGS = {
@@ -39,10 +40,13 @@ def reference_hidden(ref, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
     return final_norm(out.hidden_states[-clip_skip])  # A1111's clip skip N: N - 1 layers from the end
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_matches_transformers_with_and_without_clip_skip(name):
+def test_matches_transformers_with_and_without_clip_skip(name, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
+        pack_weights(ours)
     ids = torch.randint(0, cfg.vocab_size, (2, 77))
     with torch.no_grad():
         for clip_skip in range(1, cfg.num_hidden_layers + 1):
@@ -61,5 +65,6 @@ def test_full_sd_v1_shapes_match_transformers():
     ref, ours = reference_and_ours(ModelConfig.preset("sd-v1").text_encoder, std=0.02)
     ids = torch.randint(0, 49408, (2, 77))
     with torch.no_grad():
-        for clip_skip in (1, 2):
-            assert rel_error(ours(ids, clip_skip=clip_skip), reference_hidden(ref, ids, clip_skip)) <= 1e-5
+        for model in (ours, pack_weights(ours)):  # plain, then the layers the pipeline runs on a CPU
+            for clip_skip in (1, 2):
+                assert rel_error(model(ids, clip_skip=clip_skip), reference_hidden(ref, ids, clip_skip)) <= 1e-5

@@ -7,6 +7,7 @@ from helpers import rel_error
 from ldm import diffusers_layout as layout
 from ldm.attention import set_attention_backend
 from ldm.config import ModelConfig, UNetConfig
+from ldm.packing import pack_weights
 from ldm.unet import UNetModel
 
 ODD = UNetConfig(model_channels=24, channel_mult=(1, 3, 2), num_res_blocks=2, attention_resolutions=(4, 1),
@@ -40,11 +41,14 @@ def reference_and_ours(cfg: UNetConfig, std: float = 0.05):
     return ref, ours.eval()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("size", [(8, 8), (8, 12), (12, 4)])
-def test_matches_diffusers(name, size):
+def test_matches_diffusers(name, size, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
+        pack_weights(ours)
     x = torch.randn(2, cfg.in_channels, *size)
     t = torch.tensor([3.0, 917.0])
     context = torch.randn(2, 7, cfg.context_dim)
@@ -71,4 +75,6 @@ def test_full_sd_v1_shapes_match_diffusers():
     ref, ours = reference_and_ours(cfg, std=0.02)
     x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([421.0]), torch.randn(1, 77, 768)
     with torch.no_grad():
-        assert rel_error(ours(x, t, context), ref(x, t, context).sample) <= 1e-5
+        expected = ref(x, t, context).sample
+        assert rel_error(ours(x, t, context), expected) <= 1e-5
+        assert rel_error(pack_weights(ours)(x, t, context), expected) <= 1e-5

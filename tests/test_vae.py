@@ -7,6 +7,7 @@ from helpers import rel_error
 from ldm import diffusers_layout as layout
 from ldm.attention import set_attention_backend
 from ldm.config import ModelConfig, VAEConfig
+from ldm.packing import pack_weights
 from ldm.vae import AutoencoderKL
 
 CONFIGS = {
@@ -29,11 +30,14 @@ def reference_and_ours(cfg: VAEConfig, std: float = 0.1):
     return ref, ours.eval()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("size", [(32, 32), (32, 48)])
-def test_encode_and_decode_match_diffusers(name, size):
+def test_encode_and_decode_match_diffusers(name, size, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
+        pack_weights(ours)
     x = torch.rand(2, 3, *size) * 2 - 1
     with torch.no_grad():
         theirs, mine = ref.encode(x).latent_dist, ours.encode(x)
@@ -58,7 +62,9 @@ def test_attention_backends_agree():
 def test_full_sd_v1_shapes_match_diffusers():
     ref, ours = reference_and_ours(ModelConfig.preset("sd-v1").vae, std=0.02)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
+    z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
-        assert rel_error(ours.encode(x).mean, ref.encode(x).latent_dist.mean) <= 1e-5
-        z = torch.randn(1, 4, 8, 8)
-        assert rel_error(ours.decode(z), ref.decode(z).sample) <= 1e-5
+        mean, image = ref.encode(x).latent_dist.mean, ref.decode(z).sample
+        for model in (ours, pack_weights(ours)):
+            assert rel_error(model.encode(x).mean, mean) <= 1e-5
+            assert rel_error(model.decode(z), image) <= 1e-5

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import math
 import os
 import resource
 import statistics
@@ -28,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula
 
 from ldm import Pipeline
 from ldm.checkpoint import PREFIXES
@@ -188,6 +189,18 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
         a @ b
         count += 1
     return 2 * n**3 * count / (time.perf_counter() - started)
+
+
+# The packed layers' oneDNN ops (ldm/packing.py) do the same multiply-adds as the aten ops they replace.
+@register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
+def _packed_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    return conv_flop_count(x_shape, w_shape, out_shape)
+
+
+@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+def _packed_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    rows, (n, k) = x_shape[:-1], w_shape
+    return 2 * n * k * math.prod(rows)
 
 
 def flops(fn: Callable[[], object]) -> int:

@@ -1,0 +1,60 @@
+"""A safetensors file read as one private memory mapping per tensor.
+
+safetensors' own reader maps the whole file once and every tensor keeps that one mapping alive, so a layer that
+replaces its weight (ldm/packing.py reorders it for oneDNN) cannot give the file's pages back: the U-Net counted
+twice in the process's RSS (8.4 GiB instead of 5.0 for one 512x512 image). Here each tensor owns the pages
+under it, and dropping it unmaps them. Mappings are copy-on-write: writing to a tensor never touches the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import mmap
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def read_mapped(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """(tensors, metadata); ValueError says what is wrong with a malformed file."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        if header_size + 8 > size:
+            raise ValueError("the header runs past the end of the file")
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"the header is not JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        metadata = header.pop("__metadata__", None) or {}
+        data_start = 8 + header_size
+        tensors = {name: _map(f, name, entry, data_start, size) for name, entry in header.items()}
+    return tensors, metadata
+
+
+def _map(f, name: str, entry: dict, data_start: int, file_size: int) -> Tensor:
+    try:
+        dtype, shape, (begin, end) = DTYPES[entry["dtype"]], [int(n) for n in entry["shape"]], entry["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"tensor {name!r} has a bad header entry {entry!r}") from None
+    count, itemsize = math.prod(shape), dtype.itemsize
+    if not 0 <= begin <= end or data_start + end > file_size or end - begin != count * itemsize:
+        raise ValueError(f"tensor {name!r}: its bytes {begin}..{end} do not fit its shape or the file")
+    if count == 0:
+        return torch.empty(shape, dtype=dtype)
+    start = data_start + begin
+    aligned = start - start % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page-aligned
+    pages = mmap.mmap(f.fileno(), end - begin + start - aligned, offset=aligned, access=mmap.ACCESS_COPY)
+    tensor = torch.frombuffer(pages, dtype=dtype, count=count, offset=start - aligned).view(shape)
+    return tensor if start % itemsize == 0 else tensor.clone()  # kernels expect aligned elements

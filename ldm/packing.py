@@ -1,0 +1,155 @@
+"""CPU inference with weights reordered once into oneDNN's blocked layout, instead of on every call.
+
+PyTorch hands a CPU convolution's or linear layer's weight to oneDNN in the plain layout, and oneDNN copies it
+into its blocked layout on every call. For the U-Net's 1280-channel 3x3 convs at 4x4 latents that copy is 3/4
+of the call. `pack_weights(model)` swaps every 3x3 Conv2d and every Linear for a layer that reorders its weight
+on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy. Loading stays as fast
+and the first call costs what every call used to. 1x1 convs are left alone: oneDNN's packed 1x1 path was 14x
+slower than the plain one here.
+
+A packed layer still saves and loads its dense `weight` (`state_dict`), and `.to()`, `.float()` and the like
+unpack it first. It does not train: `unpack_weights(model)` gives back plain layers (torch.compile wants them too).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def tensor_identity(t: Tensor) -> tuple:
+    """Changes when the tensor is replaced, cast, moved or modified in place (inference tensors keep no version)."""
+    return t.data_ptr(), t.dtype, t.device, 0 if t.is_inference() else t._version
+
+
+class PackedLayer(nn.Module):
+    """Holds `weight` as a Parameter until the first call that can use a packed copy, then only the copy."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear):
+        super().__init__()
+        self.weight, self.bias = layer.weight, layer.bias
+        self.packed: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.packed is not None and not self._suits(x, self.packed):  # e.g. autograd wanted after all
+            self.unpack()
+        if self.packed is None:
+            if not self._suits(x, self.weight):
+                return self.plain_forward(x, self.weight)
+            self.packed = self.pack(self.weight.detach(), x)
+            self.packed_identity = tensor_identity(self.weight)
+            del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
+        return self.packed_forward(x)
+
+    @staticmethod
+    def _suits(x: Tensor, w: Tensor) -> bool:
+        """Whether a packed copy of `w` can compute on `x`."""
+        if w.dtype not in PACKABLE_DTYPES or x.dtype != w.dtype or x.device.type != "cpu" or w.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+            return False  # the packed ops have no backward
+        return w.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+    def weight_identity(self) -> tuple:
+        """The dense weight's identity, kept through packing (which keeps the values)."""
+        return tensor_identity(self.weight) if self.packed is None else self.packed_identity
+
+    def dense_weight(self) -> Tensor:
+        return self.weight if self.packed is None else self.packed.to_dense()
+
+    def unpack(self) -> None:
+        if self.packed is not None:
+            self.weight = nn.Parameter(self.packed.to_dense(), requires_grad=False)
+            self.packed = None
+
+    def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(): act on the dense weight, repack when next called
+        self.unpack()
+        return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.packed is not None:  # first, as a plain layer lists it
+            destination[prefix + "weight"] = self.packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.unpack()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class PackedConv2d(PackedLayer):
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv)
+        self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
+
+    def pack(self, weight: Tensor, x: Tensor) -> Tensor:
+        # The layout oneDNN picks depends on the input's shape; another shape later still computes, reordered.
+        return torch.ops.mkldnn._reorder_convolution_weight(
+            weight, self.padding, self.stride, self.dilation, 1, list(x.shape)
+        )
+
+    def plain_forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def packed_forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.packed, self.bias, self.padding, self.stride, self.dilation, 1, "none", [], ""
+        )
+
+    def to_plain(self) -> nn.Conv2d:
+        weight = self.dense_weight()
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[2:], self.stride, self.padding,
+                         self.dilation, bias=self.bias is not None, device="meta")  # fmt: skip
+        conv.weight, conv.bias = nn.Parameter(weight, weight.requires_grad), self.bias
+        return conv
+
+
+class PackedLinear(PackedLayer):
+    def pack(self, weight: Tensor, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(weight)
+
+    def plain_forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.linear(x, weight, self.bias)
+
+    def packed_forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def to_plain(self) -> nn.Linear:
+        weight = self.dense_weight()
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=self.bias is not None, device="meta")
+        linear.weight, linear.bias = nn.Parameter(weight, weight.requires_grad), self.bias
+        return linear
+
+
+def _packable(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    return (
+        isinstance(layer, nn.Conv2d)
+        and layer.kernel_size == (3, 3)
+        and layer.groups == 1
+        and layer.padding_mode == "zeros"
+        and not isinstance(layer.padding, str)
+    )
+
+
+def pack_weights(model: nn.Module) -> nn.Module:
+    """Swap `model`'s 3x3 convs and linear layers for packed ones, in place (no weight is copied yet)."""
+    if not torch.backends.mkldnn.is_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) in (nn.Conv2d, nn.Linear) and _packable(child):
+                setattr(parent, name, (PackedConv2d if isinstance(child, nn.Conv2d) else PackedLinear)(child))
+    return model
+
+
+def unpack_weights(model: nn.Module) -> nn.Module:
+    """Plain nn.Conv2d / nn.Linear layers again, with dense weights, in place."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, PackedLayer):
+                setattr(parent, name, child.to_plain())
+    return model

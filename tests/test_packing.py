@@ -1,0 +1,103 @@
+"""Layers whose weights are packed for oneDNN on first use: same numbers, same state dict, still convertible."""
+
+import pytest
+import torch
+from helpers import rel_error
+from torch import nn
+
+from ldm.packing import PackedConv2d, PackedLayer, PackedLinear, pack_weights, unpack_weights
+
+
+def small_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1),  # a downsampler
+        nn.Conv2d(16, 8, 1),  # 1x1: left plain
+        nn.Flatten(1),
+        nn.Linear(8 * 4 * 4, 32),
+        nn.Linear(32, 5, bias=False),
+    ).eval()
+
+
+def test_only_3x3_convs_and_linears_are_swapped_and_nothing_is_copied_until_called():
+    model = pack_weights(small_model())
+    assert [type(m) for m in model] == [PackedConv2d, PackedConv2d, nn.Conv2d, nn.Flatten, PackedLinear, PackedLinear]
+    assert all(m.packed is None and isinstance(m.weight, nn.Parameter) for m in model if isinstance(m, PackedLayer))
+
+
+def test_first_call_packs_and_keeps_the_numbers():
+    plain, packed = small_model(), pack_weights(small_model())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = plain(x)
+        assert rel_error(packed(x), expected) <= 1e-6
+        assert rel_error(packed(x * 2), plain(x * 2)) <= 1e-6  # the packed copy is reused
+        other_size = torch.randn(1, 3, 24, 16)  # packed for 8x8 inputs; other shapes still compute
+        assert rel_error(packed[:2](other_size), plain[:2](other_size)) <= 1e-6
+    layers = [m for m in packed if isinstance(m, PackedLayer)]
+    assert all(m.packed is not None and "weight" not in m._parameters for m in layers)  # the dense copy is gone
+
+
+def test_a_packed_model_saves_and_loads_its_dense_weights():
+    plain, packed = small_model(), pack_weights(small_model())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        packed(x)
+    saved = packed.state_dict()
+    assert list(saved) == list(plain.state_dict())
+    for key, value in plain.state_dict().items():
+        assert saved[key].layout == torch.strided and torch.equal(saved[key], value), key
+    other = small_model()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1)
+        packed.load_state_dict(other.state_dict())
+        assert rel_error(packed(x), other(x)) <= 1e-6
+
+
+def test_casting_unpacks_and_the_next_call_packs_again():
+    plain, packed = small_model(), pack_weights(small_model())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        packed(x)
+        assert rel_error(packed.double()(x.double()), plain.double()(x.double())) <= 1e-12  # float64: plain path
+        assert all(m.packed is None for m in packed if isinstance(m, PackedLayer))
+        packed.float(), plain.float()
+        assert rel_error(packed(x), plain(x)) <= 1e-6
+        assert all(m.packed is not None for m in packed if isinstance(m, PackedLayer))
+
+
+def test_training_runs_the_plain_layers_and_gets_gradients():
+    packed = pack_weights(small_model()).requires_grad_(True)
+    packed(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    assert all(m.packed is None and m.weight.grad is not None for m in packed if isinstance(m, PackedLayer))
+
+
+def test_a_gradient_through_a_packed_model_unpacks_it():
+    plain, packed = small_model(), pack_weights(small_model())
+    with torch.no_grad():
+        packed(torch.randn(2, 3, 8, 8))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    packed(x).sum().backward()  # guidance by gradient of the input, say
+    expected = torch.autograd.grad(plain(x).sum(), x)[0]
+    assert rel_error(x.grad, expected) <= 1e-6
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bfloat16")
+def test_bfloat16_packs_too():
+    plain, packed = small_model().bfloat16(), pack_weights(small_model()).bfloat16()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert rel_error(packed(x), plain(x)) <= 1e-2
+    assert all(m.packed is not None and m.packed.dtype == torch.bfloat16 for m in packed if isinstance(m, PackedLayer))
+
+
+def test_unpack_gives_back_plain_layers_with_the_same_weights():
+    plain, packed = small_model(), pack_weights(small_model())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        packed(x)
+        unpack_weights(packed)
+        assert [type(m) for m in packed] == [type(m) for m in plain]
+        assert torch.equal(packed(x), plain(x))
