@@ -19,6 +19,7 @@ from ldm.checkpoint import Model, load_model
 from ldm.config import ModelConfig
 from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
+from ldm.heap import reusing_freed_memory
 from ldm.images import to_pil
 from ldm.offload import MODES, ModelOffload, offload_sequentially
 from ldm.packing import pack_weights, unpack_weights
@@ -215,7 +216,8 @@ class Pipeline:
             raise ConfigError(f"latents must have shape {shape} for this batch and size, not {tuple(latents.shape)}")
         total = len(plan.sigmas) - 1
         self._activate(self.model.unet)
-        with tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
+        bar = tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False)
+        with bar, reusing_freed_memory():  # the steps reuse each other's memory (ldm/heap.py)
 
             def on_step(i: int, n: int, x: torch.Tensor) -> None:
                 bar.update(1)
