@@ -68,3 +68,12 @@ def test_full_sd_v1_shapes_match_diffusers():
         for model in (ours, pack_weights(ours)):
             assert rel_error(model.encode(x).mean, mean) <= 1e-5
             assert rel_error(model.decode(z), image) <= 1e-5
+
+
+def test_gradients_match_diffusers():
+    """Activations are updated in place only when no gradient needs them: training still gets the right grads."""
+    ref, ours = reference_and_ours(CONFIGS["tiny"])
+    z = torch.randn(1, 4, 8, 8, requires_grad=True)
+    (grad,) = torch.autograd.grad(ours.decode(z).square().sum(), z)
+    (expected,) = torch.autograd.grad(ref.decode(z).sample.square().sum(), z)
+    assert rel_error(grad, expected) <= 1e-5
