@@ -5,7 +5,8 @@ import torch
 from helpers import rel_error
 from torch import nn
 
-from ldm.packing import PackedConv2d, PackedLayer, PackedLinear, pack_weights, unpack_weights
+from ldm.packing import PackedConv2d, PackedGEGLU, PackedLayer, PackedLinear, pack_weights, unpack_weights
+from ldm.unet import GEGLU
 
 
 def small_model() -> nn.Sequential:
@@ -90,7 +91,9 @@ def test_bfloat16_packs_too():
     x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
     with torch.no_grad():
         assert rel_error(packed(x), plain(x)) <= 1e-2
-    assert all(m.packed is not None and m.packed.dtype == torch.bfloat16 for m in packed if isinstance(m, PackedLayer))
+    assert all(
+        m.packed is not None and m.packed[0].dtype == torch.bfloat16 for m in packed if isinstance(m, PackedLayer)
+    )
 
 
 def test_unpack_gives_back_plain_layers_with_the_same_weights():
@@ -101,3 +104,17 @@ def test_unpack_gives_back_plain_layers_with_the_same_weights():
         unpack_weights(packed)
         assert [type(m) for m in packed] == [type(m) for m in plain]
         assert torch.equal(packed(x), plain(x))
+
+
+def test_a_geglu_projection_packs_as_one_fused_layer_and_keeps_its_weights():
+    torch.manual_seed(0)
+    plain = GEGLU(16, 24).eval()
+    packed = pack_weights(GEGLU(16, 24).eval())
+    packed.load_state_dict(plain.state_dict())
+    assert isinstance(packed.proj, PackedGEGLU)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        assert rel_error(packed(x), plain(x)) <= 1e-6
+        assert len(packed.proj.packed) == 2  # value and gate rows, each packed
+    assert torch.equal(packed.state_dict()["proj.weight"], plain.state_dict()["proj.weight"])
+    assert rel_error(packed(x), plain(x)) <= 1e-6  # with autograd on: the plain path, same numbers

@@ -197,10 +197,10 @@ def _packed_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int
     return conv_flop_count(x_shape, w_shape, out_shape)
 
 
-@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-def _packed_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    rows, (n, k) = x_shape[:-1], w_shape
-    return 2 * n * k * math.prod(rows)
+@register_flop_formula(torch.ops.mkldnn._linear_pointwise, get_raw=True)
+def _packed_linear_flops(x, *args, out_val=None, **kwargs) -> int:
+    weight = next(a for a in args if a.is_mkldnn)  # .binary(x, other, weight, ...) has a second input first
+    return 2 * math.prod(x.shape) * weight.shape[0]
 
 
 def flops(fn: Callable[[], object]) -> int:
