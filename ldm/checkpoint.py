@@ -67,6 +67,9 @@ class Checkpoint:
     tensors: dict[str, Tensor]
     config: ModelConfig | None = None
     path: Path | None = None
+    # Read from a pickle: the tensors are views of one mapping of the whole file, whose pages stay in the
+    # process as long as any of them lives. A packed layer (ldm/packing.py) could not give its pages back.
+    one_mapping: bool = False
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Model:
     family: str
     path: Path | None = None
     unused: list[str] = field(default_factory=list)  # keys of the file that inference does not need
+    one_mapping: bool = False  # as in Checkpoint
 
 
 # ---- reading ----
@@ -98,7 +102,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         tensors, metadata = read_safetensors(path)
         config = _config_from_metadata(metadata, path)
         return Checkpoint(tensors, config, path)
-    return Checkpoint(read_pickle_checkpoint(path), None, path)
+    return Checkpoint(read_pickle_checkpoint(path), None, path, one_mapping=True)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -196,7 +200,7 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
         raise CheckpointError(
             f"{path} is a folder without model_index.json; pass a diffusers model folder or a single checkpoint file"
         )
-    configs, tensors = {}, {}
+    configs, tensors, one_mapping = {}, {}, False
     for component, names in DIFFUSERS_WEIGHTS.items():
         folder = path / component
         weights = next((folder / n for n in names if (folder / n).is_file()), None)
@@ -209,6 +213,7 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
         state = read_safetensors(weights)[0] if weights.suffix == ".safetensors" else read_pickle_checkpoint(weights)
+        one_mapping |= weights.suffix != ".safetensors"
         tensors[component] = state
     scheduler = path / "scheduler" / "scheduler_config.json"
     prediction = "epsilon"  # diffusers keeps what the U-Net predicts in the scheduler's config
@@ -229,7 +234,7 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
         "text_encoder": layout.text_encoder_from_diffusers(text),
     }
     merged = {PREFIXES[c] + k: v for c, state in original.items() for k, v in state.items()}
-    return Checkpoint(merged, config, path)
+    return Checkpoint(merged, config, path, one_mapping)
 
 
 # ---- what is it? ----
@@ -415,7 +420,8 @@ def build_model(
     for name, module in modules.items():
         module.load_state_dict({k: _convert(v, dtype, device) for k, v in parts[name].items()}, assign=True)
         module.eval().requires_grad_(False)
-    return Model(**modules, config=config, family=family, path=checkpoint.path, unused=leftover)
+    return Model(**modules, config=config, family=family, path=checkpoint.path, unused=leftover,
+                 one_mapping=checkpoint.one_mapping)  # fmt: skip
 
 
 def _convert(t: Tensor, dtype: torch.dtype | None, device: torch.device | str) -> Tensor:

@@ -74,6 +74,8 @@ class Pipeline:
         to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
         ldm/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
+        On a CPU, without offload or compile, a .safetensors file's or diffusers folder's layers pack their
+        weights for oneDNN on first use (ldm/packing.py).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -99,9 +101,11 @@ class Pipeline:
         pipe.set_offload(offload)
         if compile:
             pipe.compile()
-        elif device.type == "cpu" and not offload:
+        elif device.type == "cpu" and not offload and not model.one_mapping:
+            # Reordered for oneDNN on first use (ldm/packing.py). Not for a pickle's weights: its one file mapping
+            # would keep every page in memory beside the packed copies (convert the file to .safetensors).
             for module in (model.text_encoder, model.unet, model.vae):
-                pack_weights(module)  # reordered for oneDNN on first use (ldm/packing.py)
+                pack_weights(module)
         pipe.set_attention(resolve_backend(attention, device))
         if path == BUILTIN:
             pipe.defaults.update(builtin_defaults())
@@ -112,7 +116,7 @@ class Pipeline:
         return self.model.path
 
     def compile(self) -> None:
-        """Compile the U-Net's forward with torch.compile; the module (and its weights) stay as they are."""
+        """Compile the U-Net's forward with torch.compile, on plain layers (ldm/packing.py's are unpacked)."""
         if self.offload is not None or any(m._forward_pre_hooks for m in self.model.unet.modules()):
             raise ConfigError("compile and offload do not combine; choose one")
         unpack_weights(self.model.unet)  # torch.compile packs weights its own way
