@@ -3,12 +3,12 @@
 PyTorch hands a CPU convolution's or linear layer's weight to oneDNN in the plain layout, and oneDNN copies it
 into its blocked layout on every call. For the U-Net's 1280-channel 3x3 convs at 4x4 latents that copy is 3/4
 of the call. `pack_weights(model)` swaps every 3x3 Conv2d and every Linear for a layer that reorders its weight
-on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy. Loading stays as fast
-and the first call costs what every call used to. 1x1 convs are left alone: oneDNN's packed 1x1 path was 14x
-slower than the plain one here.
+on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy: loading stays as fast,
+and the first call pays the reorders and the new memory once more (1-2 s for SD v1's U-Net here). 1x1 convs are
+left alone: packed, they were no faster. A GEGLU projection packs as one fused layer (PackedGEGLU).
 
 A packed layer still saves and loads its dense `weight` (`state_dict`), and `.to()`, `.float()` and the like
-unpack it first. It does not train: `unpack_weights(model)` gives back plain layers (torch.compile wants them too).
+unpack it first, and so does `.train()`. `unpack_weights(model)` gives back plain layers (torch.compile wants them).
 """
 
 from __future__ import annotations
@@ -66,6 +66,11 @@ class PackedLayer(nn.Module):
         if self.packed is not None:
             self.weight = nn.Parameter(self.dense_weight(), requires_grad=False)
             self.packed = None
+
+    def train(self, mode: bool = True) -> PackedLayer:  # training wants the dense weight as a Parameter again
+        if mode:
+            self.unpack()
+        return super().train(mode)
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(): act on the dense weight, repack when next called
         self.unpack()

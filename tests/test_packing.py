@@ -75,6 +75,14 @@ def test_training_runs_the_plain_layers_and_gets_gradients():
     assert all(m.packed is None and m.weight.grad is not None for m in packed if isinstance(m, PackedLayer))
 
 
+def test_train_mode_gives_the_optimizer_its_weights_back():
+    packed = pack_weights(small_model())
+    with torch.no_grad():
+        packed(torch.randn(2, 3, 8, 8))
+    names = {name for name, _ in packed.train().requires_grad_(True).named_parameters()}
+    assert names == {name for name, _ in small_model().named_parameters()}
+
+
 def test_a_gradient_through_a_packed_model_unpacks_it():
     plain, packed = small_model(), pack_weights(small_model())
     with torch.no_grad():
