@@ -2,7 +2,7 @@
 
 glibc serves large allocations (above 32 MiB always, above 128 KiB to start with) with a fresh mmap and unmaps
 them on free, so every big activation of every U-Net call arrives as new zero-filled pages: 250,000 page
-faults per 512x512 evaluation, 6% of its time here. Inside `reusing_freed_memory()` freed blocks stay in the
+faults per 512x512 evaluation, 4-6% of its time here. Inside `reusing_freed_memory()` freed blocks stay in the
 heap for the next step, as AUTOMATIC1111 users get from preloading tcmalloc. On leaving, the thresholds go
 back to where glibc's own tuning takes them and the leftovers are returned: a VAE decode run in the same heap
 fragmented it and peaked 1 GiB higher. The setting is the whole process's while it lasts.
@@ -42,6 +42,6 @@ def reusing_freed_memory() -> Iterator[bool]:
     try:
         yield reusing
     finally:
-        if reusing:
+        if _glibc() is not None:  # also after a half-taken setting
             _set(AFTER)
             _glibc().malloc_trim(0)

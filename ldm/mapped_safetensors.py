@@ -45,7 +45,8 @@ def read_mapped(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 def _map(f, name: str, entry: dict, data_start: int, file_size: int) -> Tensor:
     try:
-        dtype, shape, (begin, end) = DTYPES[entry["dtype"]], [int(n) for n in entry["shape"]], entry["data_offsets"]
+        dtype, shape = DTYPES[entry["dtype"]], [int(n) for n in entry["shape"]]
+        begin, end = (int(offset) for offset in entry["data_offsets"])
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"tensor {name!r} has a bad header entry {entry!r}") from None
     count, itemsize = math.prod(shape), dtype.itemsize

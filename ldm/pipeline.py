@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -221,7 +222,8 @@ class Pipeline:
         total = len(plan.sigmas) - 1
         self._activate(self.model.unet)
         bar = tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False)
-        with bar, reusing_freed_memory():  # the steps reuse each other's memory (ldm/heap.py)
+        # On a CPU the steps reuse each other's activation memory (ldm/heap.py); a GPU's are not malloc's.
+        with bar, reusing_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
 
             def on_step(i: int, n: int, x: torch.Tensor) -> None:
                 bar.update(1)

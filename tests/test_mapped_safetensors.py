@@ -65,6 +65,8 @@ def header_file(tmp_path: Path, header: dict, data: bytes = b"\0" * 16) -> Path:
     [
         ({"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}, "bad header entry"),
         ({"dtype": "F32", "shape": [2]}, "bad header entry"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": ["zero", 8]}, "bad header entry"),
+        ("not an entry", "bad header entry"),
         ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, "do not fit"),
         ({"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}, "do not fit"),  # past the end of the file
         ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, "do not fit"),
