@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from collections.abc import Callable
@@ -20,7 +19,6 @@ from ldm.checkpoint import Model, load_model
 from ldm.config import ModelConfig
 from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
-from ldm.heap import reusing_freed_memory
 from ldm.images import to_pil
 from ldm.offload import MODES, ModelOffload, offload_sequentially
 from ldm.packing import pack_weights, unpack_weights
@@ -221,9 +219,7 @@ class Pipeline:
             raise ConfigError(f"latents must have shape {shape} for this batch and size, not {tuple(latents.shape)}")
         total = len(plan.sigmas) - 1
         self._activate(self.model.unet)
-        bar = tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False)
-        # On a CPU the steps reuse each other's activation memory (ldm/heap.py); a GPU's are not malloc's.
-        with bar, reusing_freed_memory() if self.device.type == "cpu" else contextlib.nullcontext():
+        with tqdm(total=total, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
 
             def on_step(i: int, n: int, x: torch.Tensor) -> None:
                 bar.update(1)
