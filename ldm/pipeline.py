@@ -19,6 +19,7 @@ from ldm.checkpoint import Model, load_model
 from ldm.config import ModelConfig
 from ldm.errors import ConfigError, LdmError
 from ldm.guidance import CFGDenoiser
+from ldm.heap import release_free_memory
 from ldm.images import to_pil
 from ldm.offload import MODES, ModelOffload, offload_sequentially
 from ldm.packing import pack_weights, unpack_weights
@@ -230,6 +231,8 @@ class Pipeline:
                 plan, denoiser, latents.to(self.device, torch.float32), generators=generators, eta=s["eta"],
                 callback=on_step,
             )  # fmt: skip
+        if self.device.type == "cpu":
+            release_free_memory()  # the U-Net's freed activations, before the VAE's buffers (peak RSS)
         return to_pil(self.decode(x))
 
     def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import UNetConfig
-from ldm.layers import GroupNorm32, Upsample
+from ldm.layers import GroupNorm32, SiLU, Upsample
 from ldm.packing import PackedGEGLU
 
 
@@ -28,19 +28,18 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int, groups: int):
         super().__init__()
-        # nn.SiLU / nn.Dropout placeholders keep the Sequential indices of the checkpoint (in_layers.2, out_layers.3).
-        self.in_layers = nn.Sequential(GroupNorm32(groups, cin), nn.SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
+        # SiLU / nn.Dropout placeholders keep the Sequential indices of the checkpoint (in_layers.2, out_layers.3).
+        self.in_layers = nn.Sequential(GroupNorm32(groups, cin), SiLU(), nn.Conv2d(cin, cout, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, cout))
         self.out_layers = nn.Sequential(
-            GroupNorm32(groups, cout), nn.SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, padding=1)
+            GroupNorm32(groups, cout), SiLU(), nn.Dropout(0.0), nn.Conv2d(cout, cout, 3, padding=1)
         )
         self.skip_connection = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb)[:, :, None, None]  # (B, C) -> (B, C, 1, 1)
-        h = self.out_layers(h)
-        return self.skip_connection(x) + h
+        # The adds go into the convs' fresh outputs, which no backward needs: no activation-sized allocation.
+        h = self.in_layers(x).add_(self.emb_layers(emb)[:, :, None, None])  # (B, C) -> (B, C, 1, 1)
+        return self.out_layers(h).add_(self.skip_connection(x))
 
 
 class CrossAttention(nn.Module):
@@ -91,10 +90,10 @@ class BasicTransformerBlock(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(dim) for _ in range(3))
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
-        x = x + self.attn2(self.norm2(x), context)
-        x = x + self.ff(self.norm3(x))
-        return x
+        # Residuals added into each sublayer's fresh output (a linear's, which its backward does not need).
+        x = self.attn1(self.norm1(x)).add_(x)
+        x = self.attn2(self.norm2(x), context).add_(x)
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class SpatialTransformer(nn.Module):
@@ -116,7 +115,7 @@ class SpatialTransformer(nn.Module):
         for block in self.transformer_blocks:
             y = block(y, context)
         y = y.transpose(1, 2).reshape(b, c, h, w).contiguous()  # (B, HW, C) -> (B, C, H, W)
-        return x + self.proj_out(y)
+        return self.proj_out(y).add_(x)
 
 
 class Downsample(nn.Module):
@@ -181,7 +180,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(g, ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(g, ch), SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, timesteps: Tensor, context: Tensor) -> Tensor:
         """x (B, in, h, w), timesteps (B,), context (B, T, context_dim) -> predicted noise (B, out, h, w)."""

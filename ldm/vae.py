@@ -8,12 +8,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import VAEConfig
-from ldm.layers import GroupNorm32, Upsample
-
-
-def silu_(x: Tensor) -> Tensor:
-    """SiLU over a fresh temporary, in place when no gradient needs the input."""
-    return F.silu(x, inplace=not x.requires_grad)
+from ldm.layers import GroupNorm32, Upsample, silu_
 
 
 def normalize(channels: int, groups: int) -> nn.GroupNorm:
