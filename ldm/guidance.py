@@ -19,6 +19,9 @@ from ldm.errors import ConfigError
 class CFGDenoiser:
     """D(x, sigma) for the samplers: cond and uncond in ONE batched U-Net call; guidance 1 skips the uncond half.
 
+    The call gives x once and the contexts stacked (uncond, then cond): ldm's U-Net repeats x only from its first
+    cross-attention on, where the two halves start to differ.
+
     `x` is k-diffusion's variable x0 + sigma * noise; the U-Net sees x / sqrt(sigma^2 + 1) (the DDPM scale it
     was trained on) and the timestep `timestep_of(sigma)`. `concat` holds extra input channels (inpainting).
     """
@@ -40,13 +43,10 @@ class CFGDenoiser:
         self.dtype = next(unet.parameters()).dtype
         guided = uncond is not None and guidance != 1
         self.context = torch.cat([uncond, cond]) if guided else cond  # uncond first, as diffusers batches it
-        self.concat = None if concat is None else (torch.cat([concat, concat]) if guided else concat)
-        self.guided = guided
+        self.concat, self.guided = concat, guided
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         x_in = x / (sigma**2 + 1) ** 0.5
-        if self.guided:
-            x_in = torch.cat([x_in, x_in])
         if self.concat is not None:
             x_in = torch.cat([x_in, self.concat], dim=1)
         t = self.timestep_of(sigma).to(x.device).expand(x_in.shape[0])

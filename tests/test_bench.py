@@ -23,6 +23,9 @@ def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
                      "U-Net with CFG, bfloat16, 64x64 (s)"]  # fmt: skip
     assert all(r["ours"] > 0 and r["diffusers"] > 0 and r["floor_ratio"] > 0 for r in rows[1:])
     assert 0 < rows[-1]["error_vs_fp32"] < 0.1
+    # the uncond/cond batch's shared latent: ours runs the layers before the first cross-attention once
+    unet_row = rows[3]
+    assert 0.5 < unet_row["flops_vs_floor"] < 1 and 0.5 < rows[-1]["flops_vs_floor"] < 1
     assert "| U-Net with CFG (batch 2), 64x64 (s) |" in capsys.readouterr().out
 
 
@@ -58,3 +61,13 @@ def test_the_floor_counts_the_same_flops_for_packed_layers():
         plain = bench.flops(lambda: unet(x, t, context))
         pack_weights(unet)(x, t, context)
         assert bench.flops(lambda: unet(x, t, context)) == plain > 0
+
+
+def test_the_floor_counts_cpu_attention():
+    """torch's flop counter knows the CUDA attention kernels only; the bench adds the CPU one."""
+    import torch
+    import torch.nn.functional as F
+
+    q, k = torch.randn(2, 8, 64, 40), torch.randn(2, 8, 77, 40)
+    with torch.inference_mode():
+        assert bench.flops(lambda: F.scaled_dot_product_attention(q, k, k)) == 2 * (2 * 2 * 8 * 64 * 77 * 40)

@@ -25,6 +25,7 @@ CONFIGS = {
         context_dim=8,
         norm_groups=8,
     ),  # fmt: skip
+    "attention-only-at-level-1": UNetConfig(**{**ODD.__dict__, "attention_resolutions": (2,), "transformer_depth": 1}),
 }
 
 
@@ -56,6 +57,28 @@ def test_matches_diffusers(name, size, packed):
         expected = ref(x, t, context).sample
         assert rel_error(ours(x, t, context), expected) <= 1e-5
         assert rel_error(ours(x, t.long(), context), ref(x, t.long(), context).sample) <= 1e-5
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_guided_batch_is_x_once_with_each_context(name, packed):
+    """x (B), contexts (2B: uncond, cond) = diffusers on x repeated; the layers before the first cross-attention
+    see B rows, the rest 2B."""
+    cfg = CONFIGS[name]
+    ref, ours = reference_and_ours(cfg)
+    if packed:
+        pack_weights(ours)
+    x, t = torch.randn(2, cfg.in_channels, 8, 8), torch.tensor([3.0, 917.0])
+    contexts = torch.randn(4, 7, cfg.context_dim)
+    rows = {}
+    for name_, module in (("first", ours.input_blocks[1][0]), ("last", ours.out)):
+        module.register_forward_pre_hook(lambda m, args, n=name_: rows.update({n: args[0].shape[0]}) and None)
+    with torch.no_grad():
+        expected = ref(torch.cat([x, x]), torch.cat([t, t]), contexts).sample
+        assert rel_error(ours(x, t, contexts), expected) <= 1e-5
+    assert rows == {"first": 2, "last": 4}
+    with pytest.raises(ValueError, match="multiple of x rows"):
+        ours(x, t, contexts[:3])
 
 
 def test_attention_backends_agree():
