@@ -44,12 +44,12 @@ class PackedLayer(nn.Module):
             del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
         return self.packed_forward(x)
 
-    @staticmethod
-    def _suits(x: Tensor, w: Tensor) -> bool:
+    def _suits(self, x: Tensor, w: Tensor) -> bool:
         """Whether a packed copy of `w` can compute on `x`."""
         if w.dtype not in PACKABLE_DTYPES or x.dtype != w.dtype or x.device.type != "cpu" or w.device.type != "cpu":
             return False
-        if torch.is_grad_enabled() and (w.requires_grad or x.requires_grad):
+        wants_grad = w.requires_grad or x.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        if torch.is_grad_enabled() and wants_grad:
             return False  # the packed ops have no backward
         return w.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 

@@ -126,3 +126,14 @@ def test_a_geglu_projection_packs_as_one_fused_layer_and_keeps_its_weights():
         assert len(packed.proj.packed) == 2  # value and gate rows, each packed
     assert torch.equal(packed.state_dict()["proj.weight"], plain.state_dict()["proj.weight"])
     assert rel_error(packed(x), plain(x)) <= 1e-6  # with autograd on: the plain path, same numbers
+
+
+def test_a_bias_that_wants_a_gradient_gets_one():
+    """The packed ops have no backward: a packed layer whose bias alone requires grad computes plainly."""
+    layer = pack_weights(nn.Sequential(nn.Linear(8, 4)))
+    layer[0].weight.requires_grad_(False)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        layer(x)  # packs
+    layer(x).sum().backward()
+    assert torch.equal(layer[0].bias.grad, torch.full((4,), 3.0))
