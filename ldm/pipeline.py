@@ -229,7 +229,7 @@ class Pipeline:
 
             x = samplers.run(
                 plan, denoiser, latents.to(self.device, torch.float32), generators=generators, eta=s["eta"],
-                callback=on_step,
+                callback=on_step, prediction_type=self.model.config.unet.prediction_type,
             )  # fmt: skip
         if self.device.type == "cpu":
             release_free_memory()  # the U-Net's freed activations, before the VAE's buffers (peak RSS)

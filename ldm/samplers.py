@@ -124,11 +124,15 @@ def run(
     generators: Generators = None,
     eta: float = 0.0,
     callback: Callback | None = None,
+    prediction_type: str = "epsilon",
 ) -> Tensor:
-    """Sample from unit `noise` to final latents (in the scale the VAE decodes, as diffusers returns them)."""
+    """Sample from unit `noise` to final latents (in the scale the VAE decodes, as diffusers returns them).
+
+    `prediction_type` is what the model behind `denoiser` predicts; only PLMS needs it (see sample_plms).
+    """
     x = noise * p.init_scale
     sampler = SAMPLERS[p.name]
-    extra = {"eta": eta} if p.name == "ddim" else {}
+    extra = {"eta": eta} if p.name == "ddim" else {"prediction_type": prediction_type} if p.name == "plms" else {}
     x = sampler(denoiser, x, p.sigmas.to(x.device), generators=generators, callback=callback, **extra)
     return x / math.sqrt(float(p.sigmas[-1]) ** 2 + 1)  # back from x0 + sigma * noise to the VP latent
 
@@ -244,32 +248,51 @@ def sample_ddim(
     return x
 
 
-def sample_plms(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
+def sample_plms(
+    model: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generators: Generators = None,
+    callback=None,
+    prediction_type: str = "epsilon",
+) -> Tensor:
     """Pseudo linear multistep (Liu et al. 2022), as diffusers' PNDM with skip_prk_steps runs it.
 
     The first step is corrected with a second evaluation (a Heun-like average); then Adams-Bashforth
-    combinations of up to four past noise predictions.
+    combinations of up to four past model outputs. PNDM combines the raw outputs: for a v-predicting model,
+    past v's, turned into noise only at the current step (with the current x), not each step's own noise.
     """
+    v_model = prediction_type == "v_prediction"
+
+    def output(x: Tensor, s: Tensor) -> Tensor:  # the model's own prediction, from the denoiser's x0
+        denoised = model(x, s)
+        eps = _eps(x, denoised, s)
+        return (eps - s * denoised) / (s**2 + 1) ** 0.5 if v_model else eps  # v = sqrt(a) eps - sqrt(1-a) x0
+
+    def to_eps(out: Tensor, x: Tensor, s: Tensor) -> Tensor:  # eps = sqrt(a) v + sqrt(1-a) x_t, x_t = sqrt(a) x
+        return (out + s * x / (s**2 + 1) ** 0.5) / (s**2 + 1) ** 0.5 if v_model else out
+
     n = len(sigmas) - 1
     history: list[Tensor] = []
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        eps = _eps(x, model(x, s), s)
+        out = output(x, s)
         if i == 0:
-            history = [eps]
+            history = [out]
             if n > 1:  # diffusers evaluates the second timestep twice to start the multistep
-                x_next = x + eps * (s_next - s)
-                eps = (eps + _eps(x_next, model(x_next, s_next), s_next)) / 2
+                x_next = x + to_eps(out, x, s) * (s_next - s)
+                out = (out + output(x_next, s_next)) / 2
         else:
-            history.append(eps)
+            history.append(out)
             e = history[-4:][::-1]
             if len(e) == 2:
-                eps = (3 * e[0] - e[1]) / 2
+                out = (3 * e[0] - e[1]) / 2
             elif len(e) == 3:
-                eps = (23 * e[0] - 16 * e[1] + 5 * e[2]) / 12
+                out = (23 * e[0] - 16 * e[1] + 5 * e[2]) / 12
             else:
-                eps = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
-        x = x + eps * (s_next - s)
+                out = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
+        x = x + to_eps(out, x, s) * (s_next - s)
         _report(callback, i, n, x)
     return x
 

@@ -243,7 +243,7 @@ def test_prompt_cache_keeps_only_the_most_recent_prompts(checkpoint):
     assert len(pipe.prompt_cache.entries) == 2
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize("sampler", ["ddim", "plms", "euler_a", "dpmpp_2m"])
 def test_v_prediction_model_gives_diffusers_image(tmp_path, sampler):
     """A U-Net that predicts v (config prediction_type, diffusers' scheduler prediction_type) samples as
     diffusers samples it, from our single file and from the diffusers folder we write."""

@@ -116,3 +116,42 @@ def test_model_evaluations_per_step():
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         samplers.check(**kwargs)
+
+
+def test_v_prediction_matches_diffusers():
+    """A v-predicting model: each sampler takes what diffusers' scheduler with prediction_type v_prediction does.
+    PLMS combines the raw v outputs of past steps, as PNDM does, not the noise derived from each."""
+    import diffusers
+
+    def toy_v(x, t):
+        return toy_eps(x, t) - 0.3 * x
+
+    failures = []
+    for name, karras in CASES:
+        for steps in (2, 7, 10):
+            cls, extra = REFERENCE[name]
+            scheduler = getattr(diffusers, cls).from_config(
+                SD15_SCHEDULER,
+                **extra,
+                prediction_type="v_prediction",
+                **({"use_karras_sigmas": True} if karras else {}),
+            )
+            scheduler.set_timesteps(steps)
+            gens = generators(4)
+            x = torch.cat([torch.randn((1, 4, 8, 8), generator=g) for g in gens]) * scheduler.init_noise_sigma
+            for t in scheduler.timesteps:
+                kwargs = {"generator": gens} if name in STOCHASTIC else {}
+                x = scheduler.step(toy_v(scheduler.scale_model_input(x, t), t), t, x, **kwargs).prev_sample
+
+            plan = samplers.plan(name, steps, karras=karras)
+
+            def denoiser(x_, sigma, plan=plan):  # x0 from v, as ldm.guidance.CFGDenoiser turns a v output
+                v = toy_v(x_ / (sigma**2 + 1) ** 0.5, plan.timestep(sigma))
+                return x_ / (sigma**2 + 1) - v * sigma / (sigma**2 + 1) ** 0.5
+
+            gens = generators(4)
+            ours = samplers.run(plan, denoiser, samplers.initial_noise((2, 4, 8, 8), gens), generators=gens,
+                                prediction_type="v_prediction")  # fmt: skip
+            if rel_error(ours, x) > 1e-5:
+                failures.append((name, karras, steps, rel_error(ours, x)))
+    assert not failures
