@@ -79,6 +79,8 @@ def test_a_tiny_v_prediction_run_writes_a_loadable_model_and_resumes(tmp_path, m
         (["--prediction", "v_prediction", "--pure-noise-fraction", "1.5"], "must be in [0, 1)"),
         (["--init-from", "missing.safetensors"], "does not exist"),
         (["--init-from", __file__, "--vae-from", __file__], "drop --vae-from"),
+        (["--init-from", __file__, "--unet-mult", "1,2"], "drop --unet-mult and --latent-std"),
+        (["--init-from", __file__, "--latent-std", "0.5"], "drop --unet-mult and --latent-std"),
     ],
 )
 def test_bad_training_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, flags, message):

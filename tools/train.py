@@ -250,6 +250,8 @@ def main() -> None:
             parser.error(f"{flag} {path} does not exist; pass an ldm checkpoint file")
     if args.vae_from and args.init_from:
         parser.error("--init-from already takes the file's VAE; drop --vae-from")
+    if args.init_from and (args.unet_mult != CONFIG.unet.channel_mult or args.latent_std != 1.0):
+        parser.error("--init-from keeps the file's U-Net shape and latent scale; drop --unet-mult and --latent-std")
     torch.manual_seed(args.seed)
     started = time.time()
     attention = tuple(2**i for i in range(len(args.unet_mult)))  # cross-attention at every level
