@@ -13,11 +13,14 @@ unpack it first, and so does `.train()`. `unpack_weights(model)` gives back plai
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+SWAPPING = threading.Lock()  # held while a layer swaps its dense and packed weights
 
 
 def tensor_identity(t: Tensor) -> tuple:
@@ -34,15 +37,24 @@ class PackedLayer(nn.Module):
         self.packed: tuple[Tensor, ...] | None = None  # oneDNN's copy of the weight (of each row block)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed is None or not self._suits(x, self.packed[0]):
+            with SWAPPING:  # two threads' first calls must not both pack (one would find `weight` gone)
+                weight = self._prepare(x)
+            if weight is not None:
+                return self.plain_forward(x, weight)
+        return self.packed_forward(x)
+
+    def _prepare(self, x: Tensor) -> Tensor | None:
+        """Packs or unpacks for this input; returns the dense weight when `x` must take the plain path."""
         if self.packed is not None and not self._suits(x, self.packed[0]):  # e.g. autograd wanted after all
             self.unpack()
         if self.packed is None:
             if not self._suits(x, self.weight):
-                return self.plain_forward(x, self.weight)
+                return self.weight
             self.packed = self.pack(self.weight.detach(), x)
             self.packed_identity = tensor_identity(self.weight)
             del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
-        return self.packed_forward(x)
+        return None
 
     def _suits(self, x: Tensor, w: Tensor) -> bool:
         """Whether a packed copy of `w` can compute on `x`."""

@@ -137,3 +137,33 @@ def test_a_bias_that_wants_a_gradient_gets_one():
         layer(x)  # packs
     layer(x).sum().backward()
     assert torch.equal(layer[0].bias.grad, torch.full((4,), 3.0))
+
+
+def test_threads_first_calls_pack_once_and_all_compute():
+    """Two threads calling a fresh layer at once: without the lock, one could find `weight` already deleted."""
+    import threading
+
+    torch.manual_seed(0)
+    errors, outputs = [], []
+    for _ in range(20):
+        plain = nn.Linear(256, 256)
+        packed = pack_weights(nn.Sequential(nn.Linear(256, 256)))
+        packed.load_state_dict({"0." + k: v for k, v in plain.state_dict().items()})
+        x = torch.randn(64, 256)
+        expected, start = plain(x).detach(), threading.Barrier(4)
+
+        def call(packed=packed, x=x, expected=expected, start=start):
+            start.wait()
+            try:
+                with torch.no_grad():
+                    outputs.append(rel_error(packed(x), expected))
+            except Exception as error:  # reported below
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    assert len(outputs) == 80 and max(outputs) <= 1e-6
