@@ -20,7 +20,8 @@ class CFGDenoiser:
     """D(x, sigma) for the samplers: cond and uncond in ONE batched U-Net call; guidance 1 skips the uncond half.
 
     The call gives x once and the contexts stacked (uncond, then cond): ldm's U-Net repeats x only from its first
-    cross-attention on, where the two halves start to differ.
+    cross-attention on, where the two halves start to differ. So `unet` must take that guided batch, as
+    ldm.unet.UNetModel does (a U-Net wanting x and context with the same rows, as diffusers', would not).
 
     `x` is k-diffusion's variable x0 + sigma * noise; the U-Net sees x / sqrt(sigma^2 + 1) (the DDPM scale it
     was trained on) and the timestep `timestep_of(sigma)`. `concat` holds extra input channels (inpainting).

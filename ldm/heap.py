@@ -9,14 +9,13 @@ they refault, zero-filled, only if used again.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    try:  # glibc's soname; ctypes.util.find_library would run ldconfig in a subprocess
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return None
     return libc if hasattr(libc, "malloc_trim") else None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
-SWAPPING = threading.Lock()  # held while a layer swaps its dense and packed weights
+SWAPPING = threading.RLock()  # held while a layer swaps its dense and packed weights
 
 
 def tensor_identity(t: Tensor) -> tuple:
@@ -35,14 +35,17 @@ class PackedLayer(nn.Module):
         super().__init__()
         self.weight, self.bias = layer.weight, layer.bias
         self.packed: tuple[Tensor, ...] | None = None  # oneDNN's copy of the weight (of each row block)
+        self.weight_requires_grad = layer.weight.requires_grad  # kept for the weight while only the copy exists
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is None or not self._suits(x, self.packed[0]):
+        packed = self.packed  # this call's copy, even if another thread unpacks meanwhile
+        if packed is None or not self._suits(x, packed[0]):
             with SWAPPING:  # two threads' first calls must not both pack (one would find `weight` gone)
                 weight = self._prepare(x)
+                packed = self.packed
             if weight is not None:
                 return self.plain_forward(x, weight)
-        return self.packed_forward(x)
+        return self.packed_forward(x, packed)
 
     def _prepare(self, x: Tensor) -> Tensor | None:
         """Packs or unpacks for this input; returns the dense weight when `x` must take the plain path."""
@@ -53,6 +56,7 @@ class PackedLayer(nn.Module):
                 return self.weight
             self.packed = self.pack(self.weight.detach(), x)
             self.packed_identity = tensor_identity(self.weight)
+            self.weight_requires_grad = self.weight.requires_grad
             del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
         return None
 
@@ -60,7 +64,8 @@ class PackedLayer(nn.Module):
         """Whether a packed copy of `w` can compute on `x`."""
         if w.dtype not in PACKABLE_DTYPES or x.dtype != w.dtype or x.device.type != "cpu" or w.device.type != "cpu":
             return False
-        wants_grad = w.requires_grad or x.requires_grad or (self.bias is not None and self.bias.requires_grad)
+        weight_grad = w.requires_grad or (w.is_mkldnn and self.weight_requires_grad)  # a packed copy has no flag
+        wants_grad = weight_grad or x.requires_grad or (self.bias is not None and self.bias.requires_grad)
         if torch.is_grad_enabled() and wants_grad:
             return False  # the packed ops have no backward
         return w.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -75,9 +80,10 @@ class PackedLayer(nn.Module):
         return torch.cat([p.to_dense() for p in self.packed]) if len(self.packed) > 1 else self.packed[0].to_dense()
 
     def unpack(self) -> None:
-        if self.packed is not None:
-            self.weight = nn.Parameter(self.dense_weight(), requires_grad=False)
-            self.packed = None
+        with SWAPPING:
+            if self.packed is not None:
+                self.weight = nn.Parameter(self.dense_weight(), requires_grad=self.weight_requires_grad)
+                self.packed = None
 
     def train(self, mode: bool = True) -> PackedLayer:  # training wants the dense weight as a Parameter again
         if mode:
@@ -111,9 +117,9 @@ class PackedConv2d(PackedLayer):
     def plain_forward(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
 
-    def packed_forward(self, x: Tensor) -> Tensor:
+    def packed_forward(self, x: Tensor, packed: tuple[Tensor, ...]) -> Tensor:
         return torch.ops.mkldnn._convolution_pointwise(
-            x, self.packed[0], self.bias, self.padding, self.stride, self.dilation, 1, "none", [], ""
+            x, packed[0], self.bias, self.padding, self.stride, self.dilation, 1, "none", [], ""
         )
 
     def to_plain(self) -> nn.Conv2d:
@@ -131,8 +137,8 @@ class PackedLinear(PackedLayer):
     def plain_forward(self, x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight, self.bias)
 
-    def packed_forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed[0], self.bias, "none", [], "")
+    def packed_forward(self, x: Tensor, packed: tuple[Tensor, ...]) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed[0], self.bias, "none", [], "")
 
     def to_plain(self) -> nn.Linear:
         weight = self.dense_weight()
@@ -153,8 +159,8 @@ class PackedGEGLU(PackedLinear):
         value, gate = F.linear(x, weight, self.bias).chunk(2, dim=-1)
         return value * F.gelu(gate)
 
-    def packed_forward(self, x: Tensor) -> Tensor:
-        (value_weight, gate_weight), (value_bias, gate_bias) = self.packed, self.bias.chunk(2)
+    def packed_forward(self, x: Tensor, packed: tuple[Tensor, ...]) -> Tensor:
+        (value_weight, gate_weight), (value_bias, gate_bias) = packed, self.bias.chunk(2)
         gate = torch.ops.mkldnn._linear_pointwise(x, gate_weight, gate_bias, "gelu", [], "none")  # erf GELU
         return torch.ops.mkldnn._linear_pointwise.binary(x, gate, value_weight, value_bias, "mul")
 

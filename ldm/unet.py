@@ -141,7 +141,7 @@ class TimestepEmbedSequential(nn.Sequential):
     def forward(self, x: Tensor, emb: Tensor, context: Tensor) -> Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
-                x = layer(x, emb)
+                x = layer(x, emb[: x.shape[0]])  # a guided batch's x may still be its one copy (UNetModel)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
             else:
@@ -198,18 +198,20 @@ class UNetModel(nn.Module):
         layers before the first cross-attention cannot tell those copies apart, so they run once: 3% of a
         512x512 CFG evaluation (its first 4096-token self-attention), and the same numbers.
         """
-        copies, rest = divmod(context.shape[0], x.shape[0])
-        if rest or timesteps.shape != x.shape[:1]:
+        if timesteps.numel() == 1:  # one timestep for the whole batch, as diffusers takes it
+            timesteps = timesteps.reshape(1).expand(x.shape[0])
+        copies, rest = divmod(context.shape[0], x.shape[0]) if x.shape[0] else (0, 0)
+        if not copies or rest or timesteps.shape != x.shape[:1]:
             raise ValueError(f"U-Net batch mismatch: x {tuple(x.shape)}, timesteps {tuple(timesteps.shape)}, "
                              f"context {tuple(context.shape)}; context rows must be a multiple of x rows")  # fmt: skip
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype)).repeat(copies, 1)
         hs = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb[: h.shape[0]], context)  # emb's first B rows: the one copy
+            h = block(h, emb, context)
             hs.append(h)
-        h = self.middle_block(h, emb[: h.shape[0]], context)
+        h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
             skip = repeat_rows(hs.pop(), h.shape[0])
-            h = block(torch.cat([h, skip], dim=1), emb[: h.shape[0]], context)
+            h = block(torch.cat([h, skip], dim=1), emb, context)
         return repeat_rows(self.out(h), context.shape[0])

@@ -128,15 +128,24 @@ def test_a_geglu_projection_packs_as_one_fused_layer_and_keeps_its_weights():
     assert rel_error(packed(x), plain(x)) <= 1e-6  # with autograd on: the plain path, same numbers
 
 
-def test_a_bias_that_wants_a_gradient_gets_one():
-    """The packed ops have no backward: a packed layer whose bias alone requires grad computes plainly."""
-    layer = pack_weights(nn.Sequential(nn.Linear(8, 4)))
-    layer[0].weight.requires_grad_(False)
+@pytest.mark.parametrize("frozen", ["weight", "nothing", "no bias"])
+def test_gradients_wanted_after_packing_are_computed(frozen):
+    """The packed ops have no backward: a layer packed under no_grad, then called with autograd, computes plainly
+    and gives every parameter that wants one its gradient (the weight's flag survives packing)."""
+    layer = pack_weights(nn.Sequential(nn.Linear(8, 4, bias=frozen != "no bias")))
+    if frozen == "weight":
+        layer[0].weight.requires_grad_(False)
     x = torch.randn(3, 8)
     with torch.no_grad():
         layer(x)  # packs
+    assert layer[0].packed is not None
     layer(x).sum().backward()
-    assert torch.equal(layer[0].bias.grad, torch.full((4,), 3.0))
+    if frozen != "no bias":
+        assert torch.equal(layer[0].bias.grad, torch.full((4,), 3.0))
+    if frozen != "weight":
+        assert torch.allclose(layer[0].weight.grad, x.sum(0).expand(4, 8))
+    else:
+        assert layer[0].weight.grad is None and not layer[0].weight.requires_grad
 
 
 def test_threads_first_calls_pack_once_and_all_compute():

@@ -26,6 +26,7 @@ CONFIGS = {
         norm_groups=8,
     ),  # fmt: skip
     "attention-only-at-level-1": UNetConfig(**{**ODD.__dict__, "attention_resolutions": (2,), "transformer_depth": 1}),
+    "attention-only-in-the-middle": UNetConfig(**{**ODD.__dict__, "attention_resolutions": ()}),
 }
 
 
@@ -79,6 +80,8 @@ def test_a_guided_batch_is_x_once_with_each_context(name, packed):
     assert rows == {"first": 2, "last": 4}
     with pytest.raises(ValueError, match="multiple of x rows"):
         ours(x, t, contexts[:3])
+    with torch.no_grad():  # one timestep for the batch, as diffusers takes it
+        assert torch.equal(ours(x, t[:1], contexts), ours(x, t[:1].expand(2), contexts))
 
 
 def test_attention_backends_agree():

@@ -31,7 +31,13 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count, register_flop_formula, sdpa_flop_count
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    conv_flop_count,
+    flop_registry,
+    register_flop_formula,
+    sdpa_flop_count,
+)
 
 from ldm import Pipeline
 from ldm.checkpoint import PREFIXES
@@ -207,9 +213,12 @@ def _packed_linear_flops(x, *args, out_val=None, **kwargs) -> int:
 
 # PyTorch counts its CUDA attention kernels, not the CPU one: without this the floor left out the attention's
 # two matmuls (250 GFLOP of SD v1's 1.6 TFLOP at 512x512, as the issue's diffusers-at-1.10x-the-floor counts).
-@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+if torch.ops.aten._scaled_dot_product_flash_attention_for_cpu not in flop_registry:  # a later torch may count it
+    register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(_cpu_attention_flops)
 
 
 def flops(fn: Callable[[], object]) -> int:
