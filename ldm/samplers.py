@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ldm import schedule
+from ldm.config import PREDICTION_TYPES
 from ldm.errors import ConfigError
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
@@ -130,6 +131,8 @@ def run(
 
     `prediction_type` is what the model behind `denoiser` predicts; only PLMS needs it (see sample_plms).
     """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
     x = noise * p.init_scale
     sampler = SAMPLERS[p.name]
     extra = {"eta": eta} if p.name == "ddim" else {"prediction_type": prediction_type} if p.name == "plms" else {}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import UNetConfig
+from ldm.errors import ConfigError
 from ldm.layers import GroupNorm32, SiLU, Upsample
 from ldm.packing import PackedGEGLU
 
@@ -202,8 +203,8 @@ class UNetModel(nn.Module):
             timesteps = timesteps.reshape(1).expand(x.shape[0])
         copies, rest = divmod(context.shape[0], x.shape[0]) if x.shape[0] else (0, 0)
         if not copies or rest or timesteps.shape != x.shape[:1]:
-            raise ValueError(f"U-Net batch mismatch: x {tuple(x.shape)}, timesteps {tuple(timesteps.shape)}, "
-                             f"context {tuple(context.shape)}; context rows must be a multiple of x rows")  # fmt: skip
+            raise ConfigError(f"U-Net batch mismatch: x {tuple(x.shape)}, timesteps {tuple(timesteps.shape)}, "
+                              f"context {tuple(context.shape)}; context rows must be a multiple of x rows")  # fmt: skip
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(x.dtype)).repeat(copies, 1)
         hs = []
         h = x

@@ -155,3 +155,9 @@ def test_v_prediction_matches_diffusers():
             if rel_error(ours, x) > 1e-5:
                 failures.append((name, karras, steps, rel_error(ours, x)))
     assert not failures
+
+
+def test_an_unknown_prediction_type_is_a_one_line_error():
+    plan = samplers.plan("plms", 2)
+    with pytest.raises(ConfigError, match="unknown prediction_type 'sample'"):
+        samplers.run(plan, lambda x, s: x, torch.zeros(1, 4, 8, 8), prediction_type="sample")

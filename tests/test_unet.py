@@ -7,6 +7,7 @@ from helpers import rel_error
 from ldm import diffusers_layout as layout
 from ldm.attention import set_attention_backend
 from ldm.config import ModelConfig, UNetConfig
+from ldm.errors import ConfigError
 from ldm.packing import pack_weights
 from ldm.unet import UNetModel
 
@@ -78,7 +79,7 @@ def test_a_guided_batch_is_x_once_with_each_context(name, packed):
         expected = ref(torch.cat([x, x]), torch.cat([t, t]), contexts).sample
         assert rel_error(ours(x, t, contexts), expected) <= 1e-5
     assert rows == {"first": 2, "last": 4}
-    with pytest.raises(ValueError, match="multiple of x rows"):
+    with pytest.raises(ConfigError, match="multiple of x rows"):
         ours(x, t, contexts[:3])
     with torch.no_grad():  # one timestep for the batch, as diffusers takes it
         assert torch.equal(ours(x, t[:1], contexts), ours(x, t[:1].expand(2), contexts))
