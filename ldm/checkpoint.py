@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ldm import diffusers_layout as layout
 from ldm.config import ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig
 from ldm.errors import CheckpointError
+from ldm.mapped_pickle import remap
 from ldm.mapped_safetensors import read_mapped
 from ldm.text_encoder import TextEncoder
 from ldm.unet import UNetModel
@@ -67,8 +68,8 @@ class Checkpoint:
     tensors: dict[str, Tensor]
     config: ModelConfig | None = None
     path: Path | None = None
-    # Read from a pickle: the tensors are views of one mapping of the whole file, whose pages stay in the
-    # process as long as any of them lives. A packed layer (ldm/packing.py) could not give its pages back.
+    # Read from a pickle that ldm/mapped_pickle.py could not split: the tensors are views of one mapping of the
+    # whole file, whose pages stay as long as any of them lives. A packed layer could not give its pages back.
     one_mapping: bool = False
 
 
@@ -102,7 +103,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         tensors, metadata = read_safetensors(path)
         config = _config_from_metadata(metadata, path)
         return Checkpoint(tensors, config, path)
-    return Checkpoint(read_pickle_checkpoint(path), None, path, one_mapping=True)
+    tensors, one_mapping = read_pickle_checkpoint(path)
+    return Checkpoint(tensors, None, path, one_mapping)
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -132,8 +134,9 @@ class _Inert:
         pass
 
 
-def read_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
-    """Tensors of a PyTorch pickle checkpoint, read with torch's weights-only unpickler: no code runs."""
+def read_pickle_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
+    """Tensors of a PyTorch pickle checkpoint, read with torch's weights-only unpickler: no code runs. Each
+    storage is its own mapping of the file (ldm/mapped_pickle.py) unless the second value says they share one."""
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint (no zip archive inside); pass an SD v1 .safetensors/.ckpt file"
@@ -163,7 +166,9 @@ def read_pickle_checkpoint(path: Path) -> dict[str, Tensor]:
         data = data["state_dict"]  # Lightning wraps the weights with epoch, global_step, callbacks, ...
     if not isinstance(data, dict) or not any(isinstance(v, Tensor) for v in data.values()):
         raise CheckpointError(f"{path} holds no tensors; it is not a model checkpoint")
-    return {k: v for k, v in data.items() if isinstance(v, Tensor)}
+    tensors = {k: v for k, v in data.items() if isinstance(v, Tensor)}
+    remapped = remap(path, tensors)
+    return (tensors, True) if remapped is None else (remapped, False)
 
 
 def _unsupported_global(message: str) -> str | None:
@@ -212,8 +217,11 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
             configs[component] = json.loads((folder / "config.json").read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
-        state = read_safetensors(weights)[0] if weights.suffix == ".safetensors" else read_pickle_checkpoint(weights)
-        one_mapping |= weights.suffix != ".safetensors"
+        if weights.suffix == ".safetensors":
+            state = read_safetensors(weights)[0]
+        else:
+            state, shared = read_pickle_checkpoint(weights)
+            one_mapping |= shared
         tensors[component] = state
     scheduler = path / "scheduler" / "scheduler_config.json"
     prediction = "epsilon"  # diffusers keeps what the U-Net predicts in the scheduler's config

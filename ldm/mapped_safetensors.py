@@ -55,7 +55,14 @@ def _map(f, name: str, entry: dict, data_start: int, file_size: int) -> Tensor:
     if count == 0:
         return torch.empty(shape, dtype=dtype)
     start = data_start + begin
+    tensor = map_bytes(f, start, end - begin)
+    if start % itemsize:  # kernels expect aligned elements
+        return tensor.clone().view(dtype).view(shape)
+    return tensor.view(dtype).view(shape)
+
+
+def map_bytes(f, start: int, size: int) -> Tensor:
+    """`size` bytes of the open file `f` from `start`, as a uint8 tensor on a private mapping of its own."""
     aligned = start - start % mmap.ALLOCATIONGRANULARITY  # mmap offsets must be page-aligned
-    pages = mmap.mmap(f.fileno(), end - begin + start - aligned, offset=aligned, access=mmap.ACCESS_COPY)
-    tensor = torch.frombuffer(pages, dtype=dtype, count=count, offset=start - aligned).view(shape)
-    return tensor if start % itemsize == 0 else tensor.clone()  # kernels expect aligned elements
+    pages = mmap.mmap(f.fileno(), size + start - aligned, offset=aligned, access=mmap.ACCESS_COPY)
+    return torch.frombuffer(pages, dtype=torch.uint8, count=size, offset=start - aligned)

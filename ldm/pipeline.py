@@ -74,8 +74,7 @@ class Pipeline:
         to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
         ldm/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
-        On a CPU, without offload or compile, a .safetensors file's or diffusers folder's layers pack their
-        weights for oneDNN on first use (ldm/packing.py).
+        On a CPU, without offload or compile, layers pack their weights for oneDNN on first use (ldm/packing.py).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -102,8 +101,8 @@ class Pipeline:
         if compile:
             pipe.compile()
         elif device.type == "cpu" and not offload and not model.one_mapping:
-            # Reordered for oneDNN on first use (ldm/packing.py). Not for a pickle's weights: its one file mapping
-            # would keep every page in memory beside the packed copies (convert the file to .safetensors).
+            # Reordered for oneDNN on first use (ldm/packing.py). Not for weights on one shared mapping of a pickle
+            # (ldm/mapped_pickle.py could not split it): it would keep every page beside the packed copies.
             for module in (model.text_encoder, model.unet, model.vae):
                 pack_weights(module)
         pipe.set_attention(resolve_backend(attention, device))

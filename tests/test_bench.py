@@ -17,14 +17,15 @@ def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert rows[0]["fp32_gflops"] > 0
     lines = [r["line"] for r in rows[1:]]
-    assert lines == ["text encoder, batch 2, nothing cached (s)",
-                     "text encoder, batch 2, new prompt, empty negative cached (s)",
+    assert lines == ["text encoding for CFG, nothing cached, vs diffusers' encode_prompt (s)",
+                     "text encoding for CFG, nothing cached, vs diffusers' text encoder on the batch of 2 (s)",
+                     "text encoding for CFG, new prompt, empty negative cached, vs encode_prompt (s)",
                      "U-Net with CFG (batch 2), 64x64 (s)", "VAE decode, 64x64 (s)",
                      "U-Net with CFG, bfloat16, 64x64 (s)"]  # fmt: skip
     assert all(r["ours"] > 0 and r["diffusers"] > 0 and r["floor_ratio"] > 0 for r in rows[1:])
     assert 0 < rows[-1]["error_vs_fp32"] < 0.1
     # the uncond/cond batch's shared latent: ours runs the layers before the first cross-attention once
-    unet_row = rows[3]
+    unet_row = rows[4]
     assert 0.5 < unet_row["flops_vs_floor"] < 1 and 0.5 < rows[-1]["flops_vs_floor"] < 1
     assert "| U-Net with CFG (batch 2), 64x64 (s) |" in capsys.readouterr().out
 

@@ -282,16 +282,23 @@ def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_bac
     assert mappings() <= mapped - len(packed)  # each packed layer's dense weight was unmapped
 
 
-def test_a_pickles_weights_stay_plain_and_make_the_same_image(checkpoint, tmp_path):
-    """A .ckpt's tensors share one mapping of the file: packing could not give their pages back."""
+def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tmp_path):
+    """A .ckpt's storages get a mapping each (ldm/mapped_pickle.py), so packing gives their pages back too."""
     tensors = load_file(checkpoint[0])
-    torch.save({"state_dict": tensors}, tmp_path / "tiny.ckpt")
-    from_pickle = Pipeline.load(tmp_path / "tiny.ckpt", device="cpu", config=E2E)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": tensors, "optimizer_states": [torch.zeros(5)]}, path)
+    from_pickle = Pipeline.load(path, device="cpu", config=E2E)
     from_safetensors = Pipeline.load(checkpoint[0], device="cpu")
+
+    def mappings() -> int:
+        return sum(line.endswith(str(path.resolve())) for line in Path("/proc/self/maps").read_text().splitlines())
 
     def make(p):
         return np.asarray(p("a red cube", steps=2, seed=5, progress=False, width=64, height=64)[0]).astype(int)
 
+    mapped = mappings()
     assert np.abs(make(from_pickle) - make(from_safetensors)).max() <= 1
-    assert not any(isinstance(m, PackedLayer) for m in from_pickle.model.unet.modules())
-    assert any(isinstance(m, PackedLayer) for m in from_safetensors.model.unet.modules())
+    packed = [m for m in from_pickle.model.unet.modules() if isinstance(m, PackedLayer)]
+    assert packed and all(m.packed is not None for m in packed)
+    gc.collect()
+    assert mappings() <= mapped - len(packed)

@@ -1,0 +1,76 @@
+"""A PyTorch checkpoint's tensors moved onto one private memory mapping per storage.
+
+`torch.load(mmap=True)` maps the whole file once and every tensor is a slice of that mapping, so a layer that
+replaces its weight (ldm/packing.py reorders it for oneDNN) cannot give the file's pages back. Here each storage
+gets its own mapping of the same bytes, as ldm/mapped_safetensors.py does for safetensors. Where each storage's
+bytes are in the file comes from the process's own map of torch's mapping (/proc/self/maps), checked against the
+zip archive's records; where either is missing (not Linux, a compressed record) torch's one mapping stays.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+
+from torch import Tensor
+
+from ldm.mapped_safetensors import map_bytes
+
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip entry's local header, ahead of its bytes
+
+
+def remap(path: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The same tensors (values, shapes, strides, views of one storage) on a mapping each, or None when the
+    file's records cannot be matched with the storages torch mapped."""
+    records, mapped = _stored_records(path), _mappings_of(path)
+    offsets = {}  # storage address -> where its bytes are in the file
+    for t in tensors.values():
+        storage = t.untyped_storage()
+        ptr, size = storage.data_ptr(), storage.nbytes()
+        if not size:
+            continue  # an empty storage maps nothing
+        where = next((offset + ptr - start for start, end, offset in mapped if start <= ptr < end), None)
+        if where is None or records.get(where) != size:
+            return None
+        offsets[ptr] = where
+    remapped = {}
+    with path.open("rb") as f:
+        regions = {ptr: map_bytes(f, where, records[where]) for ptr, where in offsets.items()}
+    for name, t in tensors.items():
+        region = regions.get(t.untyped_storage().data_ptr())
+        if region is None:  # empty
+            remapped[name] = t.clone()
+            continue
+        typed = region.view(t.dtype)
+        remapped[name] = typed.as_strided(t.shape, t.stride(), typed.storage_offset() + t.storage_offset())
+    return remapped
+
+
+def _stored_records(path: Path) -> dict[int, int]:
+    """{file offset of the bytes: size} of each uncompressed `data/` record in the archive."""
+    records = {}
+    with zipfile.ZipFile(path) as archive, path.open("rb") as f:
+        for info in archive.infolist():
+            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(info.header_offset)
+            header = LOCAL_HEADER.unpack(f.read(LOCAL_HEADER.size))
+            name_length, extra_length = header[-2:]
+            records[info.header_offset + LOCAL_HEADER.size + name_length + extra_length] = info.file_size
+    return records
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int, int]]:
+    """(start, end, file offset) of each of this process's mappings of `path`; none where /proc is missing."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    target, found = str(path.resolve()), []
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == target:
+            start, end = (int(a, 16) for a in fields[0].split("-"))
+            found.append((start, end, int(fields[2], 16)))
+    return found
