@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm.packing import PackedLayer
+from ldm.packing import SWAPPING, PackedLayer
 
 
 def silu_(x: Tensor) -> Tensor:
@@ -41,9 +41,12 @@ class Upsample(nn.Module):
     """Nearest-neighbour 2x, then a 3x3 conv (`.conv` in both models' checkpoints).
 
     Without autograd, and from FOLD_FROM_AREA input pixels up, four 2x2 convs over the input, one per output
-    phase, give the same result with 4/9 of the multiply-adds and no upsampled copy of the input: 13% of a
-    512x512 VAE decode, 2% of a U-Net step.
+    phase, give the same result with about half the multiply-adds (4/9, and each phase computes one row and
+    column more than it keeps) and no upsampled copy of the input: 13% of a 512x512 VAE decode, 2% of a U-Net
+    step. Its conv never packs (ldm/packing.py) unless smaller inputs come too.
     """
+
+    offload_as_unit = True  # folding reads conv's weight without calling conv (ldm/offload.py)
 
     def __init__(self, channels: int):
         super().__init__()
@@ -55,7 +58,7 @@ class Upsample(nn.Module):
         if h * w < FOLD_FROM_AREA or (torch.is_grad_enabled() and wants_grad):
             return conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
         kernels = folded_kernels(conv)
-        # Channels-last on a CPU, as oneDNN's convs return it: the next conv would reorder any other layout.
+        # Channels-last on a CPU, as the packed convs (ldm/packing.py) return it and the next one computes in.
         layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
         out = torch.empty(b, kernels[0].shape[0], 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=layout)
         for (r, c), kernel in zip(((0, 0), (0, 1), (1, 0), (1, 1)), kernels, strict=True):
@@ -70,7 +73,8 @@ def folded_kernels(conv: nn.Module) -> list[Tensor]:
     Upsampling repeats each input row, so even output rows see input rows (i-1, i, i) and odd ones (i, i, i+1):
     the 3x3 kernel's rows that land on the same input row add up, and so do its columns.
     """
-    weight = conv.dense_weight() if isinstance(conv, PackedLayer) else conv.weight  # packed if called directly
+    with SWAPPING:  # packed by a call on a smaller input, maybe in another thread just now
+        weight = conv.dense_weight() if isinstance(conv, PackedLayer) else conv.weight
     rows = _fold(weight.detach().float(), dim=2)
     return [k.to(weight.dtype) for by_rows in rows for k in _fold(by_rows, dim=3)]
 

@@ -10,19 +10,30 @@ zip archive's records; where either is missing (not Linux, a compressed record) 
 from __future__ import annotations
 
 import struct
+import sys
 import zipfile
 from pathlib import Path
 
 from torch import Tensor
 
-from ldm.mapped_safetensors import map_bytes
+from ldm.mapped_safetensors import allow_open_files, map_bytes
 
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip entry's local header, ahead of its bytes
 
 
 def remap(path: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """The same tensors (values, shapes, strides, views of one storage) on a mapping each, or None when the
-    file's records cannot be matched with the storages torch mapped."""
+    """The same tensors (values, shapes, strides, views of one storage; Parameters come back as tensors) on a
+    mapping each, or None when the file's records cannot be matched with the storages torch mapped, or the file
+    is not as torch found it (another byte order, which torch swapped in memory; a file changed meanwhile)."""
+    try:
+        return _remap(path, tensors)
+    except (OSError, ValueError, RuntimeError, struct.error, zipfile.BadZipFile):
+        return None
+
+
+def _remap(path: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    if _byte_order(path) != sys.byteorder:
+        return None
     records, mapped = _stored_records(path), _mappings_of(path)
     offsets = {}  # storage address -> where its bytes are in the file
     for t in tensors.values():
@@ -35,6 +46,7 @@ def remap(path: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
             return None
         offsets[ptr] = where
     remapped = {}
+    allow_open_files(len(offsets))
     with path.open("rb") as f:
         regions = {ptr: map_bytes(f, where, records[where]) for ptr, where in offsets.items()}
     for name, t in tensors.items():
@@ -61,10 +73,17 @@ def _stored_records(path: Path) -> dict[int, int]:
     return records
 
 
+def _byte_order(path: Path) -> str:
+    """The byte order torch.save recorded (files without the record are little-endian, as torch reads them)."""
+    with zipfile.ZipFile(path) as archive:
+        name = next((n for n in archive.namelist() if n.endswith("/byteorder") or n == "byteorder"), None)
+        return archive.read(name).decode(errors="replace") if name else "little"
+
+
 def _mappings_of(path: Path) -> list[tuple[int, int, int]]:
     """(start, end, file offset) of each of this process's mappings of `path`; none where /proc is missing."""
     try:
-        lines = Path("/proc/self/maps").read_text().splitlines()
+        lines = Path("/proc/self/maps").read_text(errors="surrogateescape").splitlines()
     except OSError:
         return []
     target, found = str(path.resolve()), []

@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
+import resource
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ldm.errors import CheckpointError
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -39,8 +43,29 @@ def read_mapped(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
             raise ValueError("the header is not a JSON object")
         metadata = header.pop("__metadata__", None) or {}
         data_start = 8 + header_size
+        allow_open_files(len(header))
         tensors = {name: _map(f, name, entry, data_start, size) for name, entry in header.items()}
     return tensors, metadata
+
+
+def allow_open_files(mappings: int) -> None:
+    """Raise this process's soft limit on open files (up to the hard one) so that `mappings` more fit: Python's
+    mmap keeps a duplicate of the file's descriptor per mapping, an SD v1 file has over 1,100 tensors, and the
+    usual soft limit is 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc, or not one descriptor left to list it with
+        in_use = soft
+    needed = in_use + mappings + 64
+    if soft == resource.RLIM_INFINITY or needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise CheckpointError(
+            f"this checkpoint maps {mappings} tensors, each on a file descriptor, and the limit on open files "
+            f"is {hard}; raise it (`ulimit -n {needed}`) and load again"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _map(f, name: str, entry: dict, data_start: int, file_size: int) -> Tensor:

@@ -74,7 +74,8 @@ class Pipeline:
         to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
         ldm/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
-        On a CPU, without offload or compile, layers pack their weights for oneDNN on first use (ldm/packing.py).
+        On a CPU, without offload or compile, layers pack their weights for oneDNN on first use (ldm/packing.py),
+        unless they share one mapping of a pickle that ldm/mapped_pickle.py could not split.
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():

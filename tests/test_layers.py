@@ -34,7 +34,7 @@ def test_upsample_matches_upsampling_then_conv_folded_or_not(shape, packed, monk
     assert ((mine - expected).abs().max() / expected.abs().max()).item() < 1e-6
 
 
-def test_new_weights_fold_again_and_bfloat16_folds_in_its_own_dtype():
+def test_new_weights_fold_again_and_bfloat16_computes_in_bfloat16():
     torch.manual_seed(1)
     ours = Upsample(4)
     x = torch.randn(1, 4, 16, 16)

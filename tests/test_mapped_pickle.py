@@ -1,6 +1,7 @@
 """A .ckpt's storages moved onto a mapping each: the same tensors as torch.load, pages given back when dropped."""
 
 import gc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,18 @@ def test_tensors_that_are_not_on_a_mapping_of_the_file_stay_as_they_are(saved):
     assert remap(path, {"w": torch.randn(3)}) is None  # in the heap: nothing to match with the file
     in_memory = torch.load(path)["state_dict"]  # read without mmap
     assert remap(path, in_memory) is None
+
+
+def test_a_file_of_the_other_byte_order_keeps_torchs_swapped_copy(tmp_path):
+    """torch.load swaps a big-endian file's bytes in its own mapping; mapping the file again would undo that."""
+    native = tmp_path / "native.ckpt"
+    torch.save({"w": torch.arange(3, dtype=torch.float32)}, native)
+    swapped = tmp_path / "swapped.ckpt"
+    with zipfile.ZipFile(native) as source, zipfile.ZipFile(swapped, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            target.writestr(info, b"big" if info.filename.endswith("/byteorder") else data)
+    expected = torch.load(swapped, mmap=True)["w"]
+    tensors, shared = read_pickle_checkpoint(swapped)
+    assert shared and torch.equal(tensors["w"], expected)
+    assert not torch.equal(expected, torch.arange(3, dtype=torch.float32))  # the swap did happen

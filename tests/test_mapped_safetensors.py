@@ -3,6 +3,8 @@
 import gc
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,26 @@ def header_file(tmp_path: Path, header: dict, data: bytes = b"\0" * 16) -> Path:
 def test_malformed_entries_are_one_line_errors(tmp_path, entry, message):
     with pytest.raises(CheckpointError, match=f"not a readable safetensors file .*{message}.*re-download"):
         read_safetensors(header_file(tmp_path, {"w": entry}))
+
+
+def test_more_tensors_than_the_soft_limit_on_open_files_still_load(tmp_path):
+    """Each mapping holds a file descriptor: with 1024 allowed, an SD v1 file (1,100+ tensors) failed to load."""
+    save_file({f"t{i}": torch.full((4,), float(i)) for i in range(300)}, tmp_path / "many.safetensors")
+    script = f"""
+import resource
+from pathlib import Path
+from ldm.checkpoint import read_safetensors
+from ldm.errors import CheckpointError
+_, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard))
+tensors, _ = read_safetensors(Path({str(tmp_path / "many.safetensors")!r}))
+assert float(tensors["t299"][0]) == 299.0
+del tensors
+resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+try:
+    read_safetensors(Path({str(tmp_path / "many.safetensors")!r}))
+except CheckpointError as e:
+    print(e)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert "ulimit -n" in result.stdout and "300 tensors" in result.stdout

@@ -5,11 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from ldm import Pipeline
+from ldm import Pipeline, layers
+from ldm import vae as vae_module
 from ldm.errors import ConfigError
+from ldm.layers import folded_kernels as fold
 from ldm.offload import ModelOffload, offload_sequentially
 from ldm.text_encoder import TextEncoder
 from ldm.unet import UNetModel
+from ldm.vae import AutoencoderKL
 
 
 def devices_seen_in_forward(model: nn.Module) -> list[str]:
@@ -31,6 +34,21 @@ def test_sequential_offload_lends_each_layer_to_the_device_and_takes_it_back(tin
          torch.zeros(1, 77, tiny_config.unet.context_dim, device="meta"))  # fmt: skip
     assert seen and set(seen) == {"meta"}
     assert all(p is homes[name] for name, p in unet.named_parameters())  # home again, not a copy
+
+
+def test_a_vae_decoder_that_folds_and_bands_computes_on_the_device(tiny_config, monkeypatch):
+    # Folded upsampling (ldm/layers.py) reads its conv's weight without calling the conv: it visits as a unit.
+    # The meta device stands in for a GPU, with bands of rows allowed there too (ldm/vae.py).
+    monkeypatch.setattr(vae_module, "in_bands", lambda x: x.shape[2] > 2 * vae_module.BAND_ROWS)
+    monkeypatch.setattr(vae_module, "BAND_ROWS", 8)
+    folded = []
+    monkeypatch.setattr(layers, "folded_kernels", lambda conv: folded.append(conv.weight.device.type) or fold(conv))
+    vae = AutoencoderKL(tiny_config.vae).eval()
+    offload_sequentially(vae, torch.device("meta"))
+    with torch.no_grad():
+        image = vae.decode(torch.zeros(1, tiny_config.vae.z_channels, 32, 32, device="meta"))
+    assert folded and set(folded) == {"meta"}
+    assert image.device.type == "meta" and next(vae.parameters()).device.type == "cpu"
 
 
 def test_text_encoder_embeddings_visit_as_one_unit(tiny_config):
