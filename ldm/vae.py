@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ldm.attention import attention
 from ldm.config import VAEConfig
+from ldm.heap import release_free_memory
 from ldm.layers import GroupNorm32, Upsample, silu_
 
 
@@ -34,6 +35,10 @@ class ResnetBlock(nn.Module):
             h = norm_silu_conv_in_bands(x, self.norm1, self.conv1)
             scale, shift = group_norm_affine(h, self.norm2)
             h = self.conv2(silu_(h.mul_(scale).add_(shift)))  # h is this block's own
+            h.add_(self.nin_shortcut(x))
+            # glibc keeps the bands' freed buffers: 0.3 GiB more at a 512x512 decode's peak after 20 steps
+            release_free_memory()
+            return h
         return h.add_(self.nin_shortcut(x))  # in place: one 512x512 activation fewer alive (peak RSS)
 
 
