@@ -3,7 +3,8 @@
 glibc keeps memory freed in the middle of its heap resident until something asks for it back. After sampling,
 a 512x512 generation's heap holds 0.1-0.3 GiB of the U-Net's freed activations, and the VAE decode that
 follows needs its own large buffers on top: the process's peak RSS. `malloc_trim(0)` returns those pages;
-they refault, zero-filled, only if used again.
+they refault, zero-filled, only if used again. The pipeline calls it after sampling; the VAE's banded
+ResnetBlocks (ldm/vae.py) after each block, whose many band-sized buffers glibc would keep too.
 """
 
 from __future__ import annotations

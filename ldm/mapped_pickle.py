@@ -4,7 +4,8 @@
 replaces its weight (ldm/packing.py reorders it for oneDNN) cannot give the file's pages back. Here each storage
 gets its own mapping of the same bytes, as ldm/mapped_safetensors.py does for safetensors. Where each storage's
 bytes are in the file comes from the process's own map of torch's mapping (/proc/self/maps), checked against the
-zip archive's records; where either is missing (not Linux, a compressed record) torch's one mapping stays.
+zip archive's records. Where that fails (not Linux, a compressed record, a big-endian file, a read error),
+torch's one mapping stays and the pipeline leaves the layers unpacked.
 """
 
 from __future__ import annotations

@@ -28,18 +28,19 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if not in_bands(x) or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
-            h = self.conv1(silu_(self.norm1(x)))
-            h = self.conv2(silu_(self.norm2(h)))
-        else:  # the decoder's largest levels, where a decode peaks: no whole normalised copy of x or h
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        banded = in_bands(x) and not grad
+        if banded:  # the decoder's largest levels, where a decode peaks: no whole normalised copy of x or h
             h = norm_silu_conv_in_bands(x, self.norm1, self.conv1)
             scale, shift = group_norm_affine(h, self.norm2)
             h = self.conv2(silu_(h.mul_(scale).add_(shift)))  # h is this block's own
-            h.add_(self.nin_shortcut(x))
-            # glibc keeps the bands' freed buffers: 0.3 GiB more at a 512x512 decode's peak after 20 steps
+        else:
+            h = self.conv1(silu_(self.norm1(x)))
+            h = self.conv2(silu_(self.norm2(h)))
+        h.add_(self.nin_shortcut(x))  # in place: one 512x512 activation fewer alive (peak RSS)
+        if banded:  # glibc keeps the bands' freed buffers: 0.3 GiB more at the peak after 20 steps at 512x512
             release_free_memory()
-            return h
-        return h.add_(self.nin_shortcut(x))  # in place: one 512x512 activation fewer alive (peak RSS)
+        return h
 
 
 BAND_ROWS = 64  # output rows a banded conv computes at once, from its input rows and one more on each side
