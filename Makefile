@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: setup test lint clean
+.PHONY: setup test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
+# The whole suite: what CI runs (.ci/run).
 test: setup
 	$(PY) -m pytest -q
+
+# The fast tier for the edit-and-test loop, under 2 minutes on 2 CPU cores: the suite less the tests marked `full` and
+# the modules in FAST_SKIP (tests/conftest.py). It is not a substitute for `make test`.
+test-fast: setup
+	$(PY) -m pytest -q --fast
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,9 +1,11 @@
 """ldm: a small latent text-to-image diffusion engine for Stable Diffusion v1 checkpoints."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from ldm.pipeline import Pipeline  # noqa: E402
+from ldm.generate.pipeline import Pipeline  # noqa: E402
+from ldm.generate.request import GenerationRequest  # noqa: E402
+from ldm.generate.result import Result  # noqa: E402
 
 load = Pipeline.load
 
-__all__ = ["Pipeline", "load", "__version__"]
+__all__ = ["GenerationRequest", "Pipeline", "Result", "load", "__version__"]

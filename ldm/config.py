@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ldm.errors import ConfigError
+from ldm.shipped import shipped
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = shipped("configs")
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # what a U-Net outputs, in diffusers' scheduler names
 
 

@@ -1,8 +1,85 @@
 """Shared test utilities (imported as `from helpers import ...`; pytest puts tests/ on sys.path)."""
 
+import dataclasses
+import json
+import os
+import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
+
+from ldm.checkpoints.read import PREFIXES, ema_key
+from ldm.config import ModelConfig, TextEncoderConfig
+from ldm.models.text_encoder import TextEncoder
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
+
+DATA = Path(__file__).parent / "data"
+DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32}
+
+# The tiny preset with a 2-layer text encoder: a whole model in a few MB, for end-to-end tests.
+E2E = dataclasses.replace(ModelConfig.preset("tiny"), text_encoder=TextEncoderConfig(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))  # fmt: skip
 
 
 def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """||ours - ref|| / ||ref||, the parity measure of the engine-core issue."""
     return ((ours.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def random_model(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Original-layout tensors of a randomly initialised model."""
+    torch.manual_seed(seed)
+    modules = {
+        "unet": UNetModel(cfg.unet),
+        "vae": AutoencoderKL(cfg.vae),
+        "text_encoder": TextEncoder(cfg.text_encoder),
+    }
+    return {PREFIXES[c] + k: v.detach() for c, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def random_checkpoint(manifest: str = "sd_v1_tiny_original_keys.json", dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Random tensors with the exact keys, shapes and integer dtypes of a real original-layout file."""
+    generator = torch.Generator().manual_seed(0)
+    out = {}
+    for key, (shape, kind) in json.loads((DATA / manifest).read_text()).items():
+        if kind == "F32":
+            out[key] = torch.randn(shape, generator=generator).to(dtype)
+        else:
+            out[key] = torch.arange(max(1, torch.Size(shape).numel()), dtype=DTYPES[kind]).reshape(shape)
+    return out
+
+
+def assert_loaded_exactly(model, tensors: dict[str, torch.Tensor], dtype=torch.float32, ema: bool = False):
+    for component, prefix in PREFIXES.items():
+        state = getattr(model, component).state_dict()
+        for key, value in state.items():
+            source = tensors[ema_key(key)] if ema and component == "unet" else tensors[prefix + key]
+            assert value.dtype == dtype and torch.equal(value, source.to(dtype)), key
+
+
+def lightning_ckpt(tensors, path: Path, **extra):
+    torch.save(
+        {"epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2", "state_dict": tensors, **extra}, path
+    )
+
+
+def lowest_free_descriptor() -> int:
+    """The number the next open file gets (the lowest free one): a soft limit of this lets no file open."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    return fd
+
+
+@contextmanager
+def soft_open_files_limit(soft: int) -> Iterator[tuple[int, int]]:
+    """This process's soft limit on open files lowered to `soft` for the block (the hard one kept), then restored;
+    yields the lowered (soft, hard) so the block can check nothing changed it."""
+    original = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, original[1]))
+        yield soft, original[1]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, original)

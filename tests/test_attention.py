@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ldm import attention as attn
 from ldm.errors import ConfigError
+from ldm.models import attention as attn
 
 
 def reference(q, k, v, heads, causal):
@@ -51,7 +51,7 @@ def test_impossible_requests_are_clear_errors(request_, device, has, message):
 
 def test_set_attention_backend_switches_every_layer():
     from ldm.config import ModelConfig
-    from ldm.unet import UNetModel
+    from ldm.models.unet import UNetModel
 
     model = UNetModel(ModelConfig.preset("tiny").unet)
     attn.set_attention_backend(model, "sliced")

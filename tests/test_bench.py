@@ -53,14 +53,14 @@ def test_fresh_process_memory_is_the_childs_own_not_the_parents(tmp_path):
 def test_the_floor_counts_the_same_flops_for_packed_layers():
     import torch
 
-    from ldm.packing import pack_weights
-    from ldm.unet import UNetModel
+    from ldm.cpu.swap_in import swap_in
+    from ldm.models.unet import UNetModel
 
     unet = UNetModel(bench.model_config("tiny").unet).eval()
     x, t, context = torch.randn(2, 4, 16, 16), torch.tensor([5, 500]), torch.randn(2, 77, 32)
     with torch.inference_mode():
         plain = bench.flops(lambda: unet(x, t, context))
-        pack_weights(unet)(x, t, context)
+        swap_in(unet)(x, t, context)
         assert bench.flops(lambda: unet(x, t, context)) == plain > 0
 
 

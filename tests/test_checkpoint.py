@@ -9,36 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_loaded_exactly, lightning_ckpt, random_checkpoint
 from safetensors.torch import save_file
 
-from ldm import diffusers_layout as layout
-from ldm.checkpoint import PREFIXES, UNUSED_KEYS, ema_key, infer_config, load_model, read_checkpoint
+from ldm.checkpoints import diffusers_layout as layout
+from ldm.checkpoints.build import load_model
+from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
+from ldm.checkpoints.detect import infer_config
+from ldm.checkpoints.read import PREFIXES, UNUSED_KEYS, ema_key, read_checkpoint
 from ldm.config import ModelConfig
-from ldm.convert import write_diffusers_folder, write_single_file
 from ldm.errors import CheckpointError, ConfigError
 
 DATA = Path(__file__).parent / "data"
-DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32}
-
-
-def random_checkpoint(manifest: str = "sd_v1_tiny_original_keys.json", dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Random tensors with the exact keys, shapes and integer dtypes of a real original-layout file."""
-    generator = torch.Generator().manual_seed(0)
-    out = {}
-    for key, (shape, kind) in json.loads((DATA / manifest).read_text()).items():
-        if kind == "F32":
-            out[key] = torch.randn(shape, generator=generator).to(dtype)
-        else:
-            out[key] = torch.arange(max(1, torch.Size(shape).numel()), dtype=DTYPES[kind]).reshape(shape)
-    return out
-
-
-def assert_loaded_exactly(model, tensors: dict[str, torch.Tensor], dtype=torch.float32, ema: bool = False):
-    for component, prefix in PREFIXES.items():
-        state = getattr(model, component).state_dict()
-        for key, value in state.items():
-            source = tensors[ema_key(key)] if ema and component == "unet" else tensors[prefix + key]
-            assert value.dtype == dtype and torch.equal(value, source.to(dtype)), key
 
 
 @pytest.fixture
@@ -71,12 +53,6 @@ def test_real_sd_v1_shapes_infer_the_sd_v1_preset():
     ):
         shapes = {k: torch.empty(s, device="meta") for k, (s, _) in json.loads((DATA / manifest).read_text()).items()}
         assert infer_config(shapes) == ModelConfig.preset(preset)
-
-
-def lightning_ckpt(tensors, path: Path, **extra):
-    torch.save(
-        {"epoch": 6, "global_step": 470000, "pytorch-lightning_version": "1.4.2", "state_dict": tensors, **extra}, path
-    )
 
 
 def test_lightning_ckpt_with_framework_objects_loads(tmp_path, tiny, monkeypatch):

@@ -1,15 +1,17 @@
 """ldm-txt2img as a user runs it: a subprocess, files on disk, one-line errors."""
 
+import dataclasses
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+from helpers import E2E, random_model
 from PIL import Image
-from test_pipeline import E2E, random_model
 
-from ldm.convert import write_single_file
-from ldm.images import parse_parameters
+from ldm import GenerationRequest
+from ldm.checkpoints.convert import write_single_file
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def checkpoint(tmp_path_factory):
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ldm.cli", *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "ldm.cli.txt2img", *args], capture_output=True, text=True, timeout=300,
                           preexec_fn=lambda: os.umask(0o022))  # fmt: skip
 
 
@@ -34,11 +36,12 @@ def test_writes_a_png_whose_parameters_read_back_and_never_overwrites(checkpoint
     assert first.returncode == 0, first.stderr
     path = tmp_path / "00000-1234.png"
     assert first.stdout.strip() == str(path)
-    params = parse_parameters(Image.open(path).text["parameters"])
-    assert params["prompt"] == "a red cube, studio light" and params["negative_prompt"] == "blur"
+    request = GenerationRequest.from_infotext(Image.open(path).text["parameters"])
+    assert request.prompt == "a red cube, studio light" and request.negative_prompt == "blur"
     expected = {"steps": 3, "sampler": "dpmpp_2m", "karras": True, "guidance": 6.5, "seed": 1234, "width": 64,
-                "height": 48, "model": "tiny"}  # fmt: skip
-    assert {k: params[k] for k in expected} == expected and len(params["model_hash"]) == 10
+                "height": 48}  # fmt: skip
+    assert {k: getattr(request, k) for k in expected} == expected
+    assert request.extra["Model"] == "tiny" and len(request.extra["Model hash"]) == 10
     assert path.stat().st_mode & 0o777 == 0o644  # not the private 0600 of the temporary file (umask 022 here)
     second = run(*args)
     assert second.returncode == 0 and second.stdout.strip() == str(tmp_path / "00001-1234.png")
@@ -56,7 +59,59 @@ def test_batches_and_iterations_number_seeds_in_order(checkpoint, tmp_path):
 def test_a_random_seed_is_recorded_when_none_is_given(checkpoint, tmp_path):
     result = run(*base_args(checkpoint, tmp_path), "--prompt", "x")
     path = result.stdout.strip()
-    assert parse_parameters(Image.open(path).text["parameters"])["seed"] == int(path.rsplit("-", 1)[1][:-4])
+    seed = GenerationRequest.from_infotext(Image.open(path).text["parameters"]).seed
+    assert seed == int(path.rsplit("-", 1)[1][:-4])
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A corrupt checkpoint, a config with an unknown field, and a 9-channel (inpainting) model."""
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    (folder / "config.json").write_text('{"unet": {"model_channels": 32, "wings": 2}}')
+    inpaint = dataclasses.replace(E2E, unet=dataclasses.replace(E2E.unet, in_channels=9))
+    write_single_file(random_model(inpaint), folder / "inpaint.safetensors", inpaint)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "nonsense"], "unknown device 'nonsense'"),
+        (["--device", "cuda"], "no CUDA device; use --device cpu"),
+        (["--attention", "xformers"], "needs a CUDA device"),
+        (["--batch-size", "0"], "--batch-size and --n-iter must be at least 1"),
+        (["--height", "0"], "height must be a positive multiple of 8"),
+        (["--clip-skip", "5"], "clip_skip must be between 1 and 2"),
+        (["--eta", "-1", "--sampler", "ddim"], "eta must be a finite number >= 0"),
+        (["--eta", "0.5", "--sampler", "euler"], "takes no eta"),
+        (["--checkpoint", "{bad}/corrupt.safetensors"], "corrupt.safetensors"),
+        (["--config", "{bad}/config.json"], "wings"),
+        (["--checkpoint", "{bad}/inpaint.safetensors"], "inpainting model"),
+    ],
+)
+def test_each_error_path_exits_2_one_line_no_traceback_no_file(checkpoint, bad_files, tmp_path, args, message):
+    args = [a.replace("{bad}", str(bad_files)) for a in args]
+    result = run(*base_args(checkpoint, tmp_path / "out"), "--prompt", "x", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("ldm-txt2img: error: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
+    args = [*base_args(checkpoint, tmp_path / "out"), "--prompt", "x", "--steps", "1000", "--sampler", "euler"]
+    args.remove("--quiet")  # the progress bar says when sampling has begun
+    with subprocess.Popen([sys.executable, "-m", "ldm.cli.txt2img", *args], stderr=subprocess.PIPE, text=True) as p:
+        seen = ""
+        while "sampling" not in seen:
+            seen += p.stderr.read(1)
+            assert seen or p.poll() is None
+        p.send_signal(signal.SIGINT)
+        rest = p.stderr.read()
+        assert p.wait(timeout=60) == 130
+    assert rest.strip().splitlines()[-1] == "ldm-txt2img: interrupted" and "Traceback" not in rest
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 @pytest.mark.parametrize(

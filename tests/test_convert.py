@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import assert_loaded_exactly, lightning_ckpt, random_checkpoint
 from safetensors import safe_open
-from test_checkpoint import assert_loaded_exactly, lightning_ckpt, random_checkpoint
 
-from ldm.checkpoint import PREFIXES, ema_key, load_model, read_checkpoint
+from ldm.checkpoints.build import load_model
+from ldm.checkpoints.read import PREFIXES, ema_key, read_checkpoint
 
 TOOL = Path(__file__).parents[1] / "tools" / "convert.py"
 
@@ -75,7 +76,7 @@ def test_folder_saved_by_diffusers_loads_and_gives_the_same_outputs(tmp_path, ti
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ldm import diffusers_layout as layout
+    from ldm.checkpoints import diffusers_layout as layout
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**layout.unet_config_to_diffusers(tiny_config.unet)).eval()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm import diffusers_layout as dl
+from ldm.checkpoints import diffusers_layout as dl
 from ldm.config import ModelConfig, UNetConfig, VAEConfig
 from ldm.errors import CheckpointError
 

@@ -1,6 +1,6 @@
 import torch
 
-from ldm.guidance import CFGDenoiser
+from ldm.sampling.guidance import CFGDenoiser
 
 
 class FakeUNet(torch.nn.Module):

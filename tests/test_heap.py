@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from ldm.heap import _glibc
+from ldm.cpu.heap import _glibc
 
 # In a fresh process: fill 128 MiB of heap with small tensors, keep the last one (so free() cannot shrink the
 # heap's top itself), free the rest, and report resident anonymous memory before and after the release.
 SCRIPT = """
 import re, torch
-from ldm.heap import release_free_memory
+from ldm.cpu.heap import release_free_memory
 def anon_mib():
     return int(re.search(r"RssAnon:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
 blocks = [torch.ones(16 * 1024) for _ in range(2048)]  # 64 KiB each: below glibc's mmap threshold

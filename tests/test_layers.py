@@ -1,12 +1,13 @@
-"""The upsampling conv, folded from 16x16 inputs up, against nearest 2x + 3x3 conv (diffusers' Upsample2D)."""
+"""Upsampling, plain and folded from 16x16 inputs up (ldm/cpu/folded.py), against diffusers' Upsample2D."""
 
 import pytest
 import torch
 from diffusers.models.upsampling import Upsample2D
 
-from ldm import layers
-from ldm.layers import FOLD_FROM_AREA, Upsample, folded_kernels
-from ldm.packing import PackedLayer, pack_weights
+from ldm.cpu import folded
+from ldm.cpu.folded import FOLD_FROM_AREA, FoldedUpsample, folded_kernels
+from ldm.cpu.packing import PackedLayer, pack_weights
+from ldm.models.layers import Upsample
 
 
 def reference(channels: int, ours: Upsample) -> Upsample2D:
@@ -19,9 +20,9 @@ def reference(channels: int, ours: Upsample) -> Upsample2D:
 @pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
 def test_upsample_matches_upsampling_then_conv_folded_or_not(shape, packed, monkeypatch):
     folds = []
-    monkeypatch.setattr(layers, "folded_kernels", lambda conv: folds.append(conv) or folded_kernels(conv))
+    monkeypatch.setattr(folded, "folded_kernels", lambda conv: folds.append(conv) or folded_kernels(conv))
     torch.manual_seed(0)
-    ours = Upsample(shape[1])
+    ours = FoldedUpsample.replacing(Upsample(shape[1]))
     theirs = reference(shape[1], ours)
     if packed:
         pack_weights(ours)
@@ -36,7 +37,7 @@ def test_upsample_matches_upsampling_then_conv_folded_or_not(shape, packed, monk
 
 def test_new_weights_fold_again_and_bfloat16_computes_in_bfloat16():
     torch.manual_seed(1)
-    ours = Upsample(4)
+    ours = FoldedUpsample.replacing(Upsample(4))
     x = torch.randn(1, 4, 16, 16)
     with torch.no_grad():
         first = ours(x)
@@ -51,7 +52,7 @@ def test_new_weights_fold_again_and_bfloat16_computes_in_bfloat16():
 
 def test_with_autograd_it_upsamples_then_convolves_and_gradients_flow():
     torch.manual_seed(2)
-    ours = Upsample(4)
+    ours = FoldedUpsample.replacing(Upsample(4))
     x = torch.randn(1, 4, 16, 16, requires_grad=True)
     ours(x).square().sum().backward()
     theirs = reference(4, ours)

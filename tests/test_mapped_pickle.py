@@ -1,18 +1,35 @@
-"""A .ckpt's storages moved onto a mapping each: the same tensors as torch.load, pages given back when dropped."""
+"""A .ckpt's storages moved onto a mapping each: the same tensors as torch.load, pages given back when dropped; small
+files read into memory; the limit on open files never touched, a load that would pass it keeping torch's mapping."""
 
 import gc
+import logging
+import os
+import resource
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import lowest_free_descriptor, soft_open_files_limit
 
-from ldm.checkpoint import read_pickle_checkpoint
-from ldm.mapped_pickle import remap
+from ldm.checkpoints import mapped_safetensors
+from ldm.checkpoints.mapped_pickle import remap
+from ldm.checkpoints.read import read_pickle_checkpoint
+from ldm.errors import CheckpointError
+
+PLAIN_READ_BELOW = mapped_safetensors.PLAIN_READ_BELOW  # the real threshold, before the fixture lowers it
+needs_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts mappings in /proc/self/maps")
 
 
 def mappings_of(path: Path) -> int:
     return sum(line.rstrip().endswith(str(path.resolve())) for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+@pytest.fixture(autouse=True)
+def every_file_is_mapped(monkeypatch):
+    """The files here are tiny: without this they would all be read plainly and the mappings go untested."""
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", 0)
+    monkeypatch.setattr(mapped_safetensors, "OWN_MAPPING_FROM", 0)
 
 
 @pytest.fixture
@@ -34,15 +51,19 @@ def saved(tmp_path) -> tuple[Path, dict]:
     return path, weights
 
 
-def test_same_tensors_each_storage_on_its_own_mapping(saved):
-    path, expected = saved
-    tensors, shared = read_pickle_checkpoint(path)
-    assert not shared
+def assert_same(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]):
     assert tensors.keys() == expected.keys()
     for name, value in expected.items():
         t = tensors[name]
         assert (t.dtype, t.shape, t.stride()) == (value.dtype, value.shape, value.stride()), name
         assert torch.equal(t, value), name
+
+
+def test_same_tensors_each_storage_on_its_own_mapping(saved):
+    path, expected = saved
+    tensors, shared = read_pickle_checkpoint(path)
+    assert not shared
+    assert_same(tensors, expected)
     assert tensors["rows"].untyped_storage().data_ptr() == tensors["big"].untyped_storage().data_ptr()
     gc.collect()
     assert mappings_of(path) == 5  # f32, f16, big, i64, flags: torch's whole-file mapping is gone
@@ -59,6 +80,45 @@ def test_writes_stay_in_memory_and_dropping_a_storage_unmaps_it(saved):
     assert mappings_of(path) == before - 1
 
 
+@needs_proc
+def test_a_file_under_the_threshold_is_read_into_memory(saved, monkeypatch):
+    """An embedding or a LoRA saved by torch: no mapping at all, each storage its own memory."""
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", PLAIN_READ_BELOW)
+    path, expected = saved
+    tensors, shared = read_pickle_checkpoint(path)
+    assert not shared
+    assert_same(tensors, expected)
+    assert tensors["rows"].untyped_storage().data_ptr() == tensors["big"].untyped_storage().data_ptr()
+    gc.collect()
+    assert mappings_of(path) == 0
+
+
+@needs_proc
+def test_a_soft_limit_too_low_for_a_mapping_each_is_left_alone_and_torchs_mapping_stays(tmp_path, caplog):
+    weights = {f"t{i}": torch.full((4,), float(i)) for i in range(300)}
+    torch.save(weights, tmp_path / "many.ckpt")
+    # Room to open files, not for 300 mappings.
+    with soft_open_files_limit(len(os.listdir("/proc/self/fd")) + 100) as lowered:
+        with caplog.at_level(logging.WARNING, logger="ldm"):
+            tensors, shared = read_pickle_checkpoint(tmp_path / "many.ckpt")
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == lowered
+    assert_same(tensors, weights)
+    if mapped_safetensors.MAPPINGS_KEEP_DESCRIPTORS:
+        assert shared and mappings_of(tmp_path / "many.ckpt") == 1
+        assert any("`ulimit -n 1024`" in r.message for r in caplog.records)
+    else:
+        assert not shared
+
+
+def test_no_descriptor_left_to_open_the_file_says_how_to_raise_the_limit(saved):
+    path, _ = saved
+    with (
+        soft_open_files_limit(lowest_free_descriptor()),
+        pytest.raises(CheckpointError, match=r"^\S+ cannot be opened: .* run `ulimit -n \d+` .*load again$"),
+    ):
+        read_pickle_checkpoint(path)
+
+
 def test_tensors_that_are_not_on_a_mapping_of_the_file_stay_as_they_are(saved):
     path, _ = saved
     assert remap(path, {"w": torch.randn(3)}) is None  # in the heap: nothing to match with the file
@@ -66,8 +126,10 @@ def test_tensors_that_are_not_on_a_mapping_of_the_file_stay_as_they_are(saved):
     assert remap(path, in_memory) is None
 
 
-def test_a_file_of_the_other_byte_order_keeps_torchs_swapped_copy(tmp_path):
+@pytest.mark.parametrize("plain_below", [0, PLAIN_READ_BELOW], ids=["mapped", "plain"])
+def test_a_file_of_the_other_byte_order_keeps_torchs_swapped_copy(tmp_path, monkeypatch, plain_below):
     """torch.load swaps a big-endian file's bytes in its own mapping; mapping the file again would undo that."""
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", plain_below)
     native = tmp_path / "native.ckpt"
     torch.save({"w": torch.arange(3, dtype=torch.float32)}, native)
     swapped = tmp_path / "swapped.ckpt"
@@ -77,5 +139,6 @@ def test_a_file_of_the_other_byte_order_keeps_torchs_swapped_copy(tmp_path):
             target.writestr(info, b"big" if info.filename.endswith("/byteorder") else data)
     expected = torch.load(swapped, mmap=True)["w"]
     tensors, shared = read_pickle_checkpoint(swapped)
-    assert shared and torch.equal(tensors["w"], expected)
+    assert torch.equal(tensors["w"], expected)
+    assert shared == (plain_below == 0)  # read into memory, the swapped copy is its own
     assert not torch.equal(expected, torch.arange(3, dtype=torch.float32))  # the swap did happen

@@ -2,7 +2,7 @@ import hashlib
 import json
 import os
 
-from ldm.model_hash import cache_file, model_hash
+from ldm.checkpoints.hashing import cache_file, model_hash
 
 
 def test_hash_is_a1111s_short_sha256_and_is_cached(tmp_path):

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.checkpoint import PREFIXES, UNUSED_KEYS
+from ldm.checkpoints.read import PREFIXES, UNUSED_KEYS
 from ldm.config import ModelConfig
-from ldm.text_encoder import TextEncoder
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.models.text_encoder import TextEncoder
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
 
 DATA = Path(__file__).parent / "data"
 

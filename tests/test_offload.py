@@ -5,14 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from ldm import Pipeline, layers
-from ldm import vae as vae_module
+from ldm import Pipeline
+from ldm.cpu import banded, folded
+from ldm.cpu.swap_in import swap_in
 from ldm.errors import ConfigError
-from ldm.layers import folded_kernels as fold
-from ldm.offload import ModelOffload, offload_sequentially
-from ldm.text_encoder import TextEncoder
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.models.text_encoder import TextEncoder
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
+from ldm.runtime.offload import ModelOffload, offload_sequentially
 
 
 def devices_seen_in_forward(model: nn.Module) -> list[str]:
@@ -37,17 +37,17 @@ def test_sequential_offload_lends_each_layer_to_the_device_and_takes_it_back(tin
 
 
 def test_a_vae_decoder_that_folds_and_bands_computes_on_the_device(tiny_config, monkeypatch):
-    # Folded upsampling (ldm/layers.py) reads its conv's weight without calling the conv: it visits as a unit.
-    # The meta device stands in for a GPU, with bands of rows allowed there too (ldm/vae.py).
-    monkeypatch.setattr(vae_module, "in_bands", lambda x: x.shape[2] > 2 * vae_module.BAND_ROWS)
-    monkeypatch.setattr(vae_module, "BAND_ROWS", 8)
-    folded = []
-    monkeypatch.setattr(layers, "folded_kernels", lambda conv: folded.append(conv.weight.device.type) or fold(conv))
-    vae = AutoencoderKL(tiny_config.vae).eval()
+    # Folded upsampling (ldm/cpu/folded.py) reads its conv's weight without calling the conv: it visits as a unit.
+    # The meta device stands in for a GPU, with bands of rows allowed there too (ldm/cpu/banded.py).
+    monkeypatch.setattr(banded, "in_bands", lambda x: x.shape[2] > 2 * banded.BAND_ROWS)
+    monkeypatch.setattr(banded, "BAND_ROWS", 8)
+    seen, fold = [], folded.folded_kernels
+    monkeypatch.setattr(folded, "folded_kernels", lambda conv: seen.append(conv.weight.device.type) or fold(conv))
+    vae = swap_in(AutoencoderKL(tiny_config.vae).eval(), pack=False)
     offload_sequentially(vae, torch.device("meta"))
     with torch.no_grad():
         image = vae.decode(torch.zeros(1, tiny_config.vae.z_channels, 32, 32, device="meta"))
-    assert folded and set(folded) == {"meta"}
+    assert seen and set(seen) == {"meta"}
     assert image.device.type == "meta" and next(vae.parameters()).device.type == "cpu"
 
 
@@ -69,9 +69,9 @@ def test_model_offload_keeps_one_model_on_the_device(tiny_config):
 
 @pytest.mark.parametrize("mode", ["model", "sequential"])
 def test_offloaded_pipeline_makes_the_same_image(tmp_path, mode):
-    from test_pipeline import E2E, random_model
+    from helpers import E2E, random_model
 
-    from ldm.convert import write_single_file
+    from ldm.checkpoints.convert import write_single_file
 
     path = write_single_file(random_model(E2E), tmp_path / "m.safetensors", E2E)
 

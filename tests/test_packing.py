@@ -5,8 +5,16 @@ import torch
 from helpers import rel_error
 from torch import nn
 
-from ldm.packing import PackedConv2d, PackedGEGLU, PackedLayer, PackedLinear, pack_weights, unpack_weights
-from ldm.unet import GEGLU
+from ldm.cpu.packing import (
+    FusedGEGLU,
+    PackedConv2d,
+    PackedGEGLU,
+    PackedLayer,
+    PackedLinear,
+    pack_weights,
+    unpack_weights,
+)
+from ldm.models.unet import GEGLU
 
 
 def small_model() -> nn.Sequential:
@@ -114,18 +122,42 @@ def test_unpack_gives_back_plain_layers_with_the_same_weights():
         assert torch.equal(packed(x), plain(x))
 
 
-def test_a_geglu_projection_packs_as_one_fused_layer_and_keeps_its_weights():
+def test_a_geglu_packs_as_one_fused_module_with_the_same_keys_and_unpacks_to_a_plain_one():
     torch.manual_seed(0)
-    plain = GEGLU(16, 24).eval()
-    packed = pack_weights(GEGLU(16, 24).eval())
+    plain = nn.Sequential(GEGLU(16, 24)).eval()
+    packed = pack_weights(nn.Sequential(GEGLU(16, 24)).eval())
     packed.load_state_dict(plain.state_dict())
-    assert isinstance(packed.proj, PackedGEGLU)
+    assert isinstance(packed[0], FusedGEGLU) and isinstance(packed[0].proj, PackedGEGLU)
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         assert rel_error(packed(x), plain(x)) <= 1e-6
-        assert len(packed.proj.packed) == 2  # value and gate rows, each packed
-    assert torch.equal(packed.state_dict()["proj.weight"], plain.state_dict()["proj.weight"])
+        assert len(packed[0].proj.packed) == 2  # value and gate rows, each packed
+    assert torch.equal(packed.state_dict()["0.proj.weight"], plain.state_dict()["0.proj.weight"])
     assert rel_error(packed(x), plain(x)) <= 1e-6  # with autograd on: the plain path, same numbers
+    unpack_weights(packed)
+    assert type(packed[0]) is GEGLU and type(packed[0].proj) is nn.Linear
+    with torch.no_grad():
+        assert rel_error(packed(x), plain(x)) <= 1e-6
+
+
+def test_a_packed_layer_answers_weight_and_an_edit_through_it_computes():
+    """Reading `.weight` of a packed layer gives the dense Parameter back (the layer unpacks); an in-place edit
+    is what the next call computes with, and that call packs again."""
+    torch.manual_seed(0)
+    plain, packed = small_model(), pack_weights(small_model())
+    packed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        packed(x)
+        assert all(m.packed is not None for m in packed if isinstance(m, PackedLayer))
+        for mine, theirs in zip(packed, plain, strict=True):
+            if isinstance(theirs, (nn.Conv2d, nn.Linear)):
+                assert isinstance(mine.weight, nn.Parameter) and torch.equal(mine.weight, theirs.weight)
+                mine.weight.mul_(1.5)
+                theirs.weight.mul_(1.5)
+        assert {"0.weight", "2.weight"} <= {name for name, _ in packed.named_parameters()}
+        assert rel_error(packed(x), plain(x)) <= 1e-5
+        assert all(m.packed is not None for m in packed if isinstance(m, PackedLayer))  # packed again
 
 
 @pytest.mark.parametrize("frozen", ["weight", "nothing", "no bias"])

@@ -7,35 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import E2E, random_model
 from safetensors.torch import load_file
 
 from ldm import Pipeline
-from ldm.checkpoint import PREFIXES, Model
-from ldm.config import ModelConfig, TextEncoderConfig
-from ldm.convert import write_diffusers_folder, write_single_file
+from ldm.checkpoints import mapped_safetensors
+from ldm.checkpoints.build import Model
+from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
+from ldm.config import ModelConfig
+from ldm.cpu.packing import PackedLayer
 from ldm.errors import ConfigError
-from ldm.layers import Upsample
-from ldm.packing import PackedLayer
-from ldm.text_encoder import TextEncoder
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.models.layers import Upsample
+from ldm.models.text_encoder import TextEncoder
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
+
 
 # The tiny test architecture with CLIP's real vocabulary, so the real tokenizer's ids fit.
-E2E = dataclasses.replace(ModelConfig.preset("tiny"), text_encoder=TextEncoderConfig(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))  # fmt: skip
-
-
-def random_model(cfg: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Original-layout tensors of a randomly initialised model."""
-    torch.manual_seed(seed)
-    modules = {
-        "unet": UNetModel(cfg.unet),
-        "vae": AutoencoderKL(cfg.vae),
-        "text_encoder": TextEncoder(cfg.text_encoder),
-    }
-    return {PREFIXES[c] + k: v.detach() for c, m in modules.items() for k, v in m.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
@@ -98,8 +86,12 @@ def test_same_images_as_diffusers(pipe, reference, sampler, karras, width, heigh
 
 
 def test_image_of_a_batch_reproduces_alone(pipe):
-    batch = pipe("a house", steps=3, seed=7, batch_size=3, sampler="euler_a", progress=False, width=64, height=64)
-    assert pipe.last_seeds == [7, 8, 9]
+    request = pipe.request(prompt="a house", steps=3, seed=7, batch_size=3, sampler="euler_a", width=64, height=64)
+    result = pipe.generate(request, progress=False)
+    batch = result.images
+    assert result.seeds == [7, 8, 9]
+    assert all(f"Seed: {s}," in t for t, s in zip(result.infotexts, result.seeds, strict=True))
+    assert result.latents.shape[:2] == (3, 4) and not hasattr(pipe, "last_seeds")
     alone = pipe("a house", steps=3, seed=8, sampler="euler_a", progress=False, width=64, height=64)
     # Equal up to float rounding: a batch of 3 runs other matmul blocking than a batch of 1.
     assert np.abs(np.asarray(batch[1]).astype(int) - np.asarray(alone[0])).max() <= 1
@@ -138,6 +130,8 @@ def test_callback_sees_every_step(pipe):
         ({"sampler": "nope"}, "unknown sampler"),
         ({"clip_skip": 5}, "clip_skip must be between 1 and 2"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"eta": 0.5, "sampler": "euler"}, "takes no eta; eta is for ddim"),
+        ({"seed": -1}, "seed must be a whole number"),
     ],
 )
 def test_bad_settings_are_clear_errors(pipe, kwargs, message):
@@ -159,11 +153,7 @@ def test_real_sd_v1_shapes_run_end_to_end():
 
 def test_vae_slicing_and_tiling_decode_the_same_picture(pipe):
     def decode(latents, slicing=False, tiling=False):
-        pipe.vae_slicing, pipe.vae_tiling = slicing, tiling
-        try:
-            return pipe.decode(latents)
-        finally:
-            pipe.vae_slicing = pipe.vae_tiling = False
+        return pipe.decode(latents, slicing=slicing, tiling=tiling)
 
     small = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(decode(small, slicing=True), decode(small), atol=1e-5, rtol=0)
@@ -226,11 +216,14 @@ def test_each_distinct_prompt_is_encoded_once_and_remembered(checkpoint):
 def test_new_weights_are_never_served_a_stale_encoding(checkpoint):
     pipe = Pipeline.load(checkpoint[0], device="cpu")
     before = pipe.encode(["a red circle"], 1)
-    with torch.no_grad():
-        pipe.model.text_encoder.text_model.final_layer_norm.bias.add_(1.0)  # edited in place
+    with pipe.edit_weights("text_encoder") as weights:
+        weights["text_model.final_layer_norm.bias"].add_(1.0)  # edited in place
     after = pipe.encode(["a red circle"], 1)
     torch.testing.assert_close(after, before + 1.0, rtol=0, atol=1e-5)
-    pipe.model.text_encoder.double()  # cast: new storages
+    with pipe.edit_weights("text_encoder") as weights:  # a packed layer gives its weight back to be edited
+        weights["text_model.encoder.layers.0.mlp.fc2.weight"].mul_(2.0)
+    assert (pipe.encode(["a red circle"], 1) - after).abs().max() > 1e-3
+    pipe.model.text_encoder.double()  # cast: another dtype
     assert pipe.encode(["a red circle"], 1).dtype == torch.float64
 
 
@@ -268,7 +261,10 @@ def test_v_prediction_model_gives_diffusers_image(tmp_path, sampler):
         assert a.std() > 5 and np.abs(a - b).max() <= 2
 
 
-def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_back(checkpoint):
+def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_back(checkpoint, monkeypatch):
+    # A model's worth of mappings: the tiny file would be read into memory otherwise (mapped_safetensors.py).
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", 0)
+    monkeypatch.setattr(mapped_safetensors, "OWN_MAPPING_FROM", 0)
     path = checkpoint[0].resolve()
 
     def mappings() -> int:
@@ -284,13 +280,16 @@ def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_bac
 
 
 def folded(pipe: Pipeline) -> set[int]:
-    """The U-Net's upsampling convs that ran folded (ldm/layers.py): they never pack."""
+    """The U-Net's upsampling convs that ran folded (ldm/models/layers.py): they never pack."""
     ups = [m for m in pipe.model.unet.modules() if isinstance(m, Upsample)]
     return {id(m.conv) for m in ups if isinstance(m.conv, PackedLayer) and m.conv.packed is None}
 
 
-def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tmp_path):
-    """A .ckpt's storages get a mapping each (ldm/mapped_pickle.py), so packing gives their pages back too."""
+def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tmp_path, monkeypatch):
+    """A .ckpt's storages get a mapping each (mapped_pickle.py), so packing gives their pages back too."""
+    # A model's worth of mappings: the tiny file would be read into memory otherwise (mapped_safetensors.py).
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", 0)
+    monkeypatch.setattr(mapped_safetensors, "OWN_MAPPING_FROM", 0)
     tensors = load_file(checkpoint[0])
     path = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": tensors, "optimizer_states": [torch.zeros(5)]}, path)

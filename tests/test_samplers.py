@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import rel_error
 
-from ldm import samplers
-from ldm.convert import SD_V1_SCHEDULER
+from ldm.checkpoints.convert import SD_V1_SCHEDULER
 from ldm.errors import ConfigError
+from ldm.sampling import samplers
 
 SD15_SCHEDULER = SD_V1_SCHEDULER  # what diffusers builds SD v1.5's default scheduler from
 REFERENCE = {  # our name -> diffusers scheduler class name and extra config
@@ -145,7 +145,7 @@ def test_v_prediction_matches_diffusers():
 
             plan = samplers.plan(name, steps, karras=karras)
 
-            def denoiser(x_, sigma, plan=plan):  # x0 from v, as ldm.guidance.CFGDenoiser turns a v output
+            def denoiser(x_, sigma, plan=plan):  # x0 from v, as ldm.sampling.guidance.CFGDenoiser turns a v output
                 v = toy_v(x_ / (sigma**2 + 1) ** 0.5, plan.timestep(sigma))
                 return x_ / (sigma**2 + 1) - v * sigma / (sigma**2 + 1) ** 0.5
 

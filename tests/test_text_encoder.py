@@ -4,11 +4,11 @@ import pytest
 import torch
 from helpers import rel_error
 
-from ldm import diffusers_layout as layout
+from ldm.checkpoints import diffusers_layout as layout
 from ldm.config import ModelConfig, TextEncoderConfig
+from ldm.cpu.swap_in import swap_in
 from ldm.errors import ConfigError
-from ldm.packing import pack_weights
-from ldm.text_encoder import TextEncoder
+from ldm.models.text_encoder import TextEncoder
 
 CONFIGS = {
     "tiny": ModelConfig.preset("tiny").text_encoder,
@@ -45,8 +45,8 @@ def reference_hidden(ref, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
 def test_matches_transformers_with_and_without_clip_skip(name, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
-    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
-        pack_weights(ours)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/cpu/swap_in.py)
+        swap_in(ours)
     ids = torch.randint(0, cfg.vocab_size, (2, 77))
     with torch.no_grad():
         for clip_skip in range(1, cfg.num_hidden_layers + 1):
@@ -65,6 +65,6 @@ def test_full_sd_v1_shapes_match_transformers():
     ref, ours = reference_and_ours(ModelConfig.preset("sd-v1").text_encoder, std=0.02)
     ids = torch.randint(0, 49408, (2, 77))
     with torch.no_grad():
-        for model in (ours, pack_weights(ours)):  # plain, then the layers the pipeline runs on a CPU
+        for model in (ours, swap_in(ours)):  # plain, then the layers the pipeline runs on a CPU
             for clip_skip in (1, 2):
                 assert rel_error(model(ids, clip_skip=clip_skip), reference_hidden(ref, ids, clip_skip)) <= 1e-5

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from ldm.tiling import tile_starts, tiled_decode
+from ldm.runtime.tiling import tile_starts, tiled_decode
 
 
 def local_decoder(z: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldm.tokenizer import VOCAB_FILE, Tokenizer
+from ldm.text.tokenizer import VOCAB_FILE, Tokenizer
 
 DATA = Path(__file__).parent / "data"
 PROMPTS = [row["Prompt"] for row in csv.DictReader((DATA / "PartiPrompts.tsv").open(), delimiter="\t")]

@@ -9,8 +9,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import train  # noqa: E402
 
-from ldm.guidance import CFGDenoiser  # noqa: E402
-from ldm.schedule import alphas_cumprod  # noqa: E402
+from ldm.sampling.guidance import CFGDenoiser  # noqa: E402
+from ldm.sampling.schedule import alphas_cumprod  # noqa: E402
 
 
 class Oracle(torch.nn.Module):

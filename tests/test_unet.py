@@ -4,12 +4,12 @@ import pytest
 import torch
 from helpers import rel_error
 
-from ldm import diffusers_layout as layout
-from ldm.attention import set_attention_backend
+from ldm.checkpoints import diffusers_layout as layout
 from ldm.config import ModelConfig, UNetConfig
+from ldm.cpu.swap_in import swap_in
 from ldm.errors import ConfigError
-from ldm.packing import pack_weights
-from ldm.unet import UNetModel
+from ldm.models.attention import set_attention_backend
+from ldm.models.unet import UNetModel
 
 ODD = UNetConfig(model_channels=24, channel_mult=(1, 3, 2), num_res_blocks=2, attention_resolutions=(4, 1),
                  num_heads=3, context_dim=20, norm_groups=4, transformer_depth=2)  # fmt: skip
@@ -50,8 +50,8 @@ def reference_and_ours(cfg: UNetConfig, std: float = 0.05):
 def test_matches_diffusers(name, size, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
-    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
-        pack_weights(ours)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/cpu/swap_in.py)
+        swap_in(ours)
     x = torch.randn(2, cfg.in_channels, *size)
     t = torch.tensor([3.0, 917.0])
     context = torch.randn(2, 7, cfg.context_dim)
@@ -69,7 +69,7 @@ def test_a_guided_batch_is_x_once_with_each_context(name, packed):
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
     if packed:
-        pack_weights(ours)
+        swap_in(ours)
     x, t = torch.randn(2, cfg.in_channels, 8, 8), torch.tensor([3.0, 917.0])
     contexts = torch.randn(4, 7, cfg.context_dim)
     rows = {}
@@ -104,4 +104,4 @@ def test_full_sd_v1_shapes_match_diffusers():
     with torch.no_grad():
         expected = ref(x, t, context).sample
         assert rel_error(ours(x, t, context), expected) <= 1e-5
-        assert rel_error(pack_weights(ours)(x, t, context), expected) <= 1e-5
+        assert rel_error(swap_in(ours)(x, t, context), expected) <= 1e-5

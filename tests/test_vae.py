@@ -4,12 +4,12 @@ import pytest
 import torch
 from helpers import rel_error
 
-from ldm import diffusers_layout as layout
-from ldm import vae
-from ldm.attention import set_attention_backend
+from ldm.checkpoints import diffusers_layout as layout
 from ldm.config import ModelConfig, VAEConfig
-from ldm.packing import pack_weights
-from ldm.vae import AutoencoderKL
+from ldm.cpu import banded
+from ldm.cpu.swap_in import swap_in
+from ldm.models.attention import set_attention_backend
+from ldm.models.vae import AutoencoderKL
 
 CONFIGS = {
     "tiny": ModelConfig.preset("tiny").vae,
@@ -37,12 +37,12 @@ def reference_and_ours(cfg: VAEConfig, std: float = 0.1):
 @pytest.mark.parametrize("band_rows", [64, 5], ids=["whole", "bands"])
 def test_encode_and_decode_match_diffusers(name, size, packed, band_rows, monkeypatch):
     # 5-row bands: ResnetBlocks from 11 rows up normalise and convolve in bands (the last one ragged), as the
-    # 512x512 levels do with 64 (ldm/vae.py).
-    monkeypatch.setattr(vae, "BAND_ROWS", band_rows)
+    # 512x512 levels do with 64 (ldm/cpu/banded.py).
+    monkeypatch.setattr(banded, "BAND_ROWS", band_rows)
     cfg = CONFIGS[name]
     ref, ours = reference_and_ours(cfg)
-    if packed:  # the layers the pipeline runs on a CPU (ldm/packing.py)
-        pack_weights(ours)
+    if packed:  # the layers the pipeline runs on a CPU (ldm/cpu/swap_in.py)
+        swap_in(ours)
     x = torch.rand(2, 3, *size) * 2 - 1
     with torch.no_grad():
         theirs, mine = ref.encode(x).latent_dist, ours.encode(x)
@@ -70,7 +70,7 @@ def test_full_sd_v1_shapes_match_diffusers():
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         mean, image = ref.encode(x).latent_dist.mean, ref.decode(z).sample
-        for model in (ours, pack_weights(ours)):
+        for model in (ours, swap_in(ours)):
             assert rel_error(model.encode(x).mean, mean) <= 1e-5
             assert rel_error(model.decode(z), image) <= 1e-5
 

@@ -39,13 +39,14 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from ldm import Pipeline, layers
-from ldm.checkpoint import PREFIXES
+from ldm import Pipeline
+from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
+from ldm.checkpoints.read import PREFIXES
 from ldm.config import ModelConfig, TextEncoderConfig
-from ldm.convert import write_diffusers_folder, write_single_file
-from ldm.text_encoder import TextEncoder
-from ldm.unet import UNetModel
-from ldm.vae import AutoencoderKL
+from ldm.cpu.folded import FoldedUpsample
+from ldm.models.text_encoder import TextEncoder
+from ldm.models.unet import UNetModel
+from ldm.models.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
 LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "tiling")
@@ -151,8 +152,7 @@ def child(args) -> None:
         z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             if side == "ours":
-                pipe.vae_tiling = True
-                pipe.decode(z)
+                pipe.decode(z, tiling=True)
             else:
                 pipe.vae.enable_tiling()
                 pipe.vae.decode(z)
@@ -199,7 +199,7 @@ def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return 2 * n**3 * count / (time.perf_counter() - started)
 
 
-# The packed layers' oneDNN ops (ldm/packing.py) do the same multiply-adds as the aten ops they replace.
+# The packed layers' oneDNN ops (ldm/cpu/packing.py) do the same multiply-adds as the aten ops they replace.
 @register_flop_formula(torch.ops.mkldnn._convolution_pointwise)
 def _packed_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
     return conv_flop_count(x_shape, w_shape, out_shape)
@@ -229,12 +229,12 @@ def flops(fn: Callable[[], object]) -> int:
 
 def standard_flops(fn: Callable[[], object]) -> int:
     """The FLOPs of `fn` computed as written, as diffusers computes it: upsampling convs not folded."""
-    folding_from = layers.FOLD_FROM_AREA
-    layers.FOLD_FROM_AREA = math.inf
+    folding_from = FoldedUpsample.fold_from_area
+    FoldedUpsample.fold_from_area = math.inf
     try:
         return flops(fn)
     finally:
-        layers.FOLD_FROM_AREA = folding_from
+        FoldedUpsample.fold_from_area = folding_from
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def component_cases(ours, theirs, args) -> list[tuple[str, Callable, Callable, C
     for size in args.sizes:
         z, z_batch = cfg_latents(size)
         if "unet" in args.only:
-            # diffusers' pipeline repeats the latent for its two contexts; ldm's U-Net takes it once (ldm/unet.py)
+            # diffusers' pipeline repeats the latent for its two contexts; ldm's U-Net takes it once (models/unet.py)
             full = partial(ours.model.unet, z_batch, t, context)
             cases.append((f"U-Net with CFG (batch 2), {size}x{size} (s)", partial(ours.model.unet, z, t[:1], context),
                           partial(theirs.unet, z_batch, t, encoder_hidden_states=context), full))  # fmt: skip
@@ -338,8 +338,7 @@ def tiling_error(single: Path, folder: Path) -> tuple[str, float, float]:
     z = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         full = ours.decode(z)
-        ours.vae_tiling = True
-        mine = ours.decode(z)
+        mine = ours.decode(z, tiling=True)
         unscaled = z / ours.model.config.vae.scale_factor
         their_full = theirs.vae.decode(unscaled).sample
         theirs.vae.enable_tiling()

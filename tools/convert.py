@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ldm.checkpoint import read_checkpoint
+from ldm.checkpoints.convert import describe, model_config, prepare, write_diffusers_folder, write_single_file
+from ldm.checkpoints.read import read_checkpoint
 from ldm.config import ModelConfig
-from ldm.convert import describe, model_config, prepare, write_diffusers_folder, write_single_file
 from ldm.errors import LdmError
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ldm import samplers, schedule
+from ldm.sampling import samplers, schedule
 
 MU, S = 0.4, 0.5
 DETERMINISTIC = ("euler", "ddim", "plms", "heun", "dpm2", "lms", "dpmpp_2m", "unipc")
@@ -34,7 +34,7 @@ def gaussian_error(name: str, steps: int, n: int = 4096) -> tuple[float, float, 
         + torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         * (S**2 + sigmas[0] ** 2).sqrt()
     )
-    end = samplers.SAMPLERS[name](denoiser, start.clone(), sigmas)
+    end = samplers.SPECS[name].sample(denoiser, start.clone(), sigmas)
     exact = MU + (start - MU) * ((S**2 + sigmas[-1] ** 2) / (S**2 + sigmas[0] ** 2)).sqrt()
     error = ((end - exact).norm() / (exact - MU).norm()).item()
     return error, abs(end.std().item() / exact.std().item() - 1), len(calls)

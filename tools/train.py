@@ -27,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import judge  # noqa: E402
 import scenes  # noqa: E402
 
-from ldm.checkpoint import PREFIXES, load_model  # noqa: E402
+from ldm.checkpoints.build import load_model
+from ldm.checkpoints.convert import write_single_file  # noqa: E402
+from ldm.checkpoints.read import PREFIXES  # noqa: E402
 from ldm.config import PREDICTION_TYPES, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
-from ldm.convert import write_single_file  # noqa: E402
-from ldm.schedule import alphas_cumprod  # noqa: E402
-from ldm.text_encoder import TextEncoder  # noqa: E402
-from ldm.tokenizer import Tokenizer  # noqa: E402
-from ldm.unet import UNetModel  # noqa: E402
-from ldm.vae import AutoencoderKL  # noqa: E402
+from ldm.models.text_encoder import TextEncoder  # noqa: E402
+from ldm.models.unet import UNetModel  # noqa: E402
+from ldm.models.vae import AutoencoderKL  # noqa: E402
+from ldm.sampling.schedule import alphas_cumprod  # noqa: E402
+from ldm.text.tokenizer import Tokenizer  # noqa: E402
 
 CONFIG = ModelConfig(
     unet=UNetConfig(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(4, 2, 1),

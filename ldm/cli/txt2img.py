@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ldm.errors import LdmError
-from ldm.model_hash import model_hash
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -18,16 +17,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ldm.samplers import SAMPLERS  # noqa: PLC0415 (keeps --help independent of torch start-up cost)
+    from ldm.models.attention import BACKENDS
+    from ldm.runtime.offload import MODES
+    from ldm.sampling.samplers import SPECS
 
     p = _Parser(prog="ldm-txt2img", description="Generate images from a text prompt with a Stable Diffusion v1 model.")
     p.add_argument("--prompt", required=True, help="what the image should show")
     p.add_argument("--negative-prompt", default="", help="what it should not show")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 50 for SD v1)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 7.5)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="sampling method (default: the model's)")
+    p.add_argument("--sampler", choices=sorted(SPECS), help="sampling method (default: the model's)")
     p.add_argument("--karras", action="store_true", help="Karras noise schedule (samplers that have one)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0 = deterministic)")
+    p.add_argument("--eta", type=float, help="DDIM eta (0 = deterministic; only ddim takes one)")
     p.add_argument("--seed", type=int, help="random seed of the first image; image i uses seed + i (default: random)")
     p.add_argument("--width", type=int, help="image width in pixels, a multiple of 8 (default: the model's)")
     p.add_argument("--height", type=int, help="image height in pixels, a multiple of 8 (default: the model's)")
@@ -38,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="where PNGs go")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on cuda, float32 on cpu)")
-    p.add_argument("--attention", choices=("sdpa", "xformers", "sliced", "math"), help="attention backend")
-    p.add_argument("--offload", choices=("model", "sequential"), help="keep weights in CPU memory between uses")
+    p.add_argument("--attention", choices=BACKENDS, help="attention backend")
+    p.add_argument("--offload", choices=MODES, help="keep weights in CPU memory between uses")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image, then faster)")
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in bounded memory")
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
-    p.add_argument("--clip-skip", type=int, default=1, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
+    p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -63,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ldm.images import format_parameters, save_png
-    from ldm.pipeline import Pipeline
+    from ldm.generate.pipeline import Pipeline
+    from ldm.outputs.png import save_png
 
     if args.n_iter < 1 or args.batch_size < 1:
         raise LdmError("--batch-size and --n-iter must be at least 1")
@@ -72,33 +73,28 @@ def run(args: argparse.Namespace) -> int:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
                          offload=args.offload, compile=args.compile)  # fmt: skip
-    pipe.vae_tiling, pipe.vae_slicing = args.vae_tiling, args.vae_slicing
-    settings = pipe.settings(
+    pipe.hash_model()
+    request = pipe.request(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
         steps=args.steps,
         guidance=args.guidance,
         sampler=args.sampler,
-        karras=args.karras,
+        karras=args.karras or None,
         width=args.width,
         height=args.height,
         clip_skip=args.clip_skip,
         eta=args.eta,
-    )
-    seed = args.seed if args.seed is not None else Pipeline.random_seed()
-    model = {"model_hash": model_hash(pipe.source), "model": pipe.source.stem if pipe.source else "ldm-builtin"}
+        seed=args.seed,
+        batch_size=args.batch_size,
+        vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing,
+    ).with_seed()
     for _ in range(args.n_iter):
-        images = pipe(
-            args.prompt,
-            negative_prompt=args.negative_prompt,
-            seed=seed,
-            batch_size=args.batch_size,
-            progress=not args.quiet,
-            **settings,
-        )
-        for image, image_seed in zip(images, pipe.last_seeds, strict=True):
-            params = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "seed": image_seed}
-            text = format_parameters({**params, **settings, **model})
-            print(save_png(image, args.outdir, image_seed, text))
-        seed += args.batch_size
+        result = pipe.generate(request, progress=not args.quiet)
+        for image, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
+            print(save_png(image, args.outdir, seed, infotext))
+        request = request.replace(seed=request.seed + args.batch_size)
     return 0
 
 

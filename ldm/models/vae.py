@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm.attention import attention
 from ldm.config import VAEConfig
-from ldm.heap import release_free_memory
-from ldm.layers import GroupNorm32, Upsample, silu_
+from ldm.models.attention import attention
+from ldm.models.layers import GroupNorm32, Upsample, silu_
 
 
 def normalize(channels: int, groups: int) -> nn.GroupNorm:
@@ -17,8 +16,6 @@ def normalize(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    offload_as_unit = True  # in bands it reads its norms' weights without calling them (ldm/offload.py)
-
     def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
         self.norm1 = normalize(cin, groups)
@@ -28,59 +25,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        banded = in_bands(x) and not grad
-        if banded:  # the decoder's largest levels, where a decode peaks: no whole normalised copy of x or h
-            h = norm_silu_conv_in_bands(x, self.norm1, self.conv1)
-            scale, shift = group_norm_affine(h, self.norm2)
-            h = self.conv2(silu_(h.mul_(scale).add_(shift)))  # h is this block's own
-        else:
-            h = self.conv1(silu_(self.norm1(x)))
-            h = self.conv2(silu_(self.norm2(h)))
-        h.add_(self.nin_shortcut(x))  # in place: one 512x512 activation fewer alive (peak RSS)
-        if banded:  # glibc keeps the bands' freed buffers: 0.3 GiB more at the peak after 20 steps at 512x512
-            release_free_memory()
-        return h
-
-
-BAND_ROWS = 64  # output rows a banded conv computes at once, from its input rows and one more on each side
-
-
-def in_bands(x: Tensor) -> bool:
-    """Whether a ResnetBlock runs in bands of rows: float32 on a CPU (the peak RSS case), over two bands tall."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[2] > 2 * BAND_ROWS
-
-
-def group_norm_affine(x: Tensor, norm: nn.GroupNorm) -> tuple[Tensor, Tensor]:
-    """(scale, shift), each (B, C, 1, 1), such that norm(x) == x * scale + shift. Two passes, the second in bands
-    of rows: torch.var_mean over a channels-last x took 2.3x as long as a whole group norm."""
-    b, c, height, width = x.shape
-    groups, per_group = norm.num_groups, c // norm.num_groups
-    count = per_group * height * width
-    mean = x.sum(dim=(2, 3)).view(b, groups, per_group).sum(-1) / count  # (B, G)
-    centre = mean.repeat_interleave(per_group, dim=1)[..., None, None]  # (B, C, 1, 1)
-    bands = (x[:, :, top : top + BAND_ROWS] for top in range(0, height, BAND_ROWS))
-    squares = sum((band - centre).square_().sum(dim=(2, 3)) for band in bands)  # (B, C)
-    var = squares.view(b, groups, per_group).sum(-1) / count
-    scale = norm.weight.view(1, groups, per_group) * (var + norm.eps).rsqrt()[..., None]  # (B, G, C/G)
-    shift = norm.bias.view(1, groups, per_group) - mean[..., None] * scale
-    return scale.reshape(b, c, 1, 1), shift.reshape(b, c, 1, 1)
-
-
-def norm_silu_conv_in_bands(x: Tensor, norm: nn.GroupNorm, conv: nn.Module) -> Tensor:
-    """conv(silu(norm(x))) for a 3x3 conv with padding 1, BAND_ROWS output rows at a time: each band normalises
-    its rows and one more on each side, and keeps the output rows whose 3x3 windows lie inside it."""
-    scale, shift = group_norm_affine(x, norm)
-    height, out = x.shape[2], None
-    for top in range(0, height, BAND_ROWS):
-        rows = min(BAND_ROWS, height - top)
-        first, end = max(top - 1, 0), min(top + rows + 1, height)
-        y = conv(silu_(torch.addcmul(shift, x[:, :, first:end], scale)))
-        if out is None:
-            shape = (*y.shape[:2], height, y.shape[3])
-            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        out[:, :, top : top + rows] = y[:, :, top - first : top - first + rows]
-    return out
+        h = self.conv1(silu_(self.norm1(x)))
+        h = self.conv2(silu_(self.norm2(h)))
+        return h.add_(self.nin_shortcut(x))  # in place: one 512x512 activation fewer alive (peak RSS)
 
 
 class AttnBlock(nn.Module):

@@ -56,6 +56,12 @@ class ModelOffload:
         self.residents[id(model)].visit(self.device)
         self.active = id(model)
 
+    def send_home(self) -> None:
+        """Every model back on its CPU tensors (before their weights are edited: the edit must land at home)."""
+        if self.active is not None:
+            self.residents[self.active].go_home()
+            self.active = None
+
 
 def offload_sequentially(model: nn.Module, device: torch.device) -> None:
     """Hooks every layer that owns tensors to visit the device for its forward only.

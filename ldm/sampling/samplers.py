@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldm import schedule
 from ldm.config import PREDICTION_TYPES
 from ldm.errors import ConfigError
+from ldm.sampling import schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
 Callback = Callable[[int, int, Tensor], None]  # (step, total, x)
@@ -27,25 +27,18 @@ Generators = list[torch.Generator] | None  # one per batch element, so each imag
 
 @dataclass(frozen=True)
 class Spec:
+    """One sampler: its function, its A1111 name, the options it takes, and how diffusers grids it."""
+
+    sample: Callable[..., Tensor]
+    display: str  # the name AUTOMATIC1111 writes in its `parameters` text (and its API takes)
     spacing: str  # how diffusers spaces this sampler's timesteps for SD v1.5
     karras: bool  # whether the reference offers Karras sigmas for it
     vp: bool  # starts from unit-variance noise (DDPM-family, VP solvers) rather than sigma_max-scaled noise
     final_sigma_min: bool = False  # ends at sigma(t=0) instead of 0 (set_alpha_to_one=False)
+    rounds_karras: bool = True  # diffusers rounds its Karras timesteps to whole numbers
+    options: tuple[str, ...] = ()  # keyword options of `sample` beyond the grid: "eta", "prediction_type"
 
 
-SPECS = {
-    "ddim": Spec("leading", karras=False, vp=True, final_sigma_min=True),
-    "plms": Spec("leading", karras=False, vp=True, final_sigma_min=True),
-    "ddpm": Spec("leading", karras=False, vp=True),
-    "euler": Spec("linspace", karras=True, vp=False),
-    "euler_a": Spec("linspace", karras=False, vp=False),  # diffusers' EulerAncestral has no Karras option
-    "heun": Spec("linspace", karras=True, vp=False),
-    "dpm2": Spec("linspace", karras=True, vp=False),
-    "lms": Spec("linspace", karras=True, vp=False),
-    "dpmpp_2m": Spec("linspace_int", karras=True, vp=True),
-    "dpmpp_2m_sde": Spec("linspace_int", karras=True, vp=True),
-    "unipc": Spec("linspace_int", karras=True, vp=True),
-}
 DEFAULT_SAMPLER = "plms"  # SD v1.5's scheduler config names PNDMScheduler (with skip_prk_steps: PLMS)
 
 
@@ -80,6 +73,9 @@ def check(name: str, steps: int, *, karras: bool = False, eta: float = 0.0) -> N
         raise ConfigError(f"sampler {name!r} has no Karras schedule; use one of {with_karras}")
     if not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
+    if eta and "eta" not in SPECS[name].options:
+        with_eta = ", ".join(n for n, s in SPECS.items() if "eta" in s.options)
+        raise ConfigError(f"sampler {name!r} takes no eta; eta is for {with_eta}")
 
 
 def plan(name: str, steps: int, *, karras: bool = False) -> Plan:
@@ -96,7 +92,7 @@ def plan(name: str, steps: int, *, karras: bool = False) -> Plan:
         low, high = (train[0], train[-1]) if spec.vp else (sigmas[-1], sigmas[0])
         sigmas = schedule.karras_sigmas(float(low), float(high), steps)
         t = schedule.sigma_to_t(sigmas)
-        if name not in ("euler", "heun", "lms"):  # diffusers rounds these samplers' Karras timesteps
+        if spec.rounds_karras:
             t = t.round()
     final = float(train[0]) if spec.final_sigma_min else 0.0
     grid = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
@@ -134,9 +130,10 @@ def run(
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
     x = noise * p.init_scale
-    sampler = SAMPLERS[p.name]
-    extra = {"eta": eta} if p.name == "ddim" else {"prediction_type": prediction_type} if p.name == "plms" else {}
-    x = sampler(denoiser, x, p.sigmas.to(x.device), generators=generators, callback=callback, **extra)
+    spec = SPECS[p.name]
+    given = {"eta": eta, "prediction_type": prediction_type}
+    options = {option: given[option] for option in spec.options}
+    x = spec.sample(denoiser, x, p.sigmas.to(x.device), generators=generators, callback=callback, **options)
     return x / math.sqrt(float(p.sigmas[-1]) ** 2 + 1)  # back from x0 + sigma * noise to the VP latent
 
 
@@ -323,16 +320,15 @@ def _lambda(sigma: Tensor) -> Tensor:
 
 def sample_dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022), midpoint form; first order on the first and last steps."""
-    return _dpmpp_2m(model, x, sigmas, None, callback)
+    return _dpmpp_2m(model, x, sigmas, sde=False, generators=generators, callback=callback)
 
 
 def sample_dpmpp_2m_sde(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None):
     """SDE DPM-Solver++(2M) (Lu et al. 2022), midpoint form, with fresh noise on every step."""
-    return _dpmpp_2m(model, x, sigmas, generators if generators is not None else [], callback)
+    return _dpmpp_2m(model, x, sigmas, sde=True, generators=generators, callback=callback)
 
 
-def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, generators: Generators | None, callback) -> Tensor:
-    sde = generators is not None
+def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, sde: bool, generators: Generators, callback) -> Tensor:
     n = len(sigmas) - 1
     previous = None
     for i in range(n):
@@ -348,7 +344,7 @@ def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, generators: Generators
             d = denoised + (denoised - previous) / (2 * r)
         if sde:
             x = s_next / s * decay * x + (1 - torch.exp(-2 * h)) * d
-            x = x + s_next * (1 - torch.exp(-2 * h)).sqrt() * noise_like(x, generators or None)
+            x = x + s_next * (1 - torch.exp(-2 * h)).sqrt() * noise_like(x, generators)
         else:
             x = s_next / s * x - torch.expm1(-h) * d
         previous = denoised
@@ -409,16 +405,23 @@ def _unipc_update(x: Tensor, sigmas: Tensor, i: int, outputs: list[Tensor], orde
     return x_next - b_h * (correction + rhos[-1] * (new - m0))
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddim": sample_ddim,
-    "plms": sample_plms,
-    "ddpm": sample_ddpm,
-    "euler": sample_euler,
-    "euler_a": sample_euler_a,
-    "heun": sample_heun,
-    "dpm2": sample_dpm2,
-    "lms": sample_lms,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "unipc": sample_unipc,
+SPECS = {
+    "ddim": Spec(sample_ddim, "DDIM", "leading", karras=False, vp=True, final_sigma_min=True, options=("eta",)),
+    "plms": Spec(
+        sample_plms, "PLMS", "leading", karras=False, vp=True, final_sigma_min=True, options=("prediction_type",)
+    ),  # fmt: skip
+    "ddpm": Spec(sample_ddpm, "DDPM", "leading", karras=False, vp=True),
+    "euler": Spec(sample_euler, "Euler", "linspace", karras=True, vp=False, rounds_karras=False),
+    "euler_a": Spec(sample_euler_a, "Euler a", "linspace", karras=False, vp=False),  # diffusers': no Karras option
+    "heun": Spec(sample_heun, "Heun", "linspace", karras=True, vp=False, rounds_karras=False),
+    "dpm2": Spec(sample_dpm2, "DPM2", "linspace", karras=True, vp=False),
+    "lms": Spec(sample_lms, "LMS", "linspace", karras=True, vp=False, rounds_karras=False),
+    "dpmpp_2m": Spec(sample_dpmpp_2m, "DPM++ 2M", "linspace_int", karras=True, vp=True),
+    "dpmpp_2m_sde": Spec(sample_dpmpp_2m_sde, "DPM++ 2M SDE", "linspace_int", karras=True, vp=True),
+    "unipc": Spec(sample_unipc, "UniPC", "linspace_int", karras=True, vp=True),
 }
+
+
+def by_display_name(display: str) -> str | None:
+    """Our name for an AUTOMATIC1111 sampler name ("Euler a" -> "euler_a"); None when we have no such sampler."""
+    return next((name for name, spec in SPECS.items() if spec.display == display), None)

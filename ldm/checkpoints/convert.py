@@ -11,27 +11,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ldm import diffusers_layout as layout
-from ldm.checkpoint import (
-    CONFIG_METADATA_KEY,
-    EMA_PREFIX,
-    PREFIXES,
-    Checkpoint,
-    detect_family,
-    infer_config,
-    split_components,
-)
+from ldm.checkpoints import diffusers_layout as layout
+from ldm.checkpoints.build import split_components
+from ldm.checkpoints.detect import detect_family, infer_config
+from ldm.checkpoints.read import CONFIG_METADATA_KEY, EMA_PREFIX, PREFIXES, Checkpoint
 from ldm.config import ModelConfig
 from ldm.errors import CheckpointError
-from ldm.permissions import usual_permissions
-from ldm.tokenizer import Tokenizer
+from ldm.outputs.files import new_file, new_folder
+from ldm.text.tokenizer import Tokenizer
 
 # SD v1.5's scheduler/scheduler_config.json: what diffusers builds its default sampler from.
 SD_V1_SCHEDULER = {
@@ -85,8 +78,7 @@ def write_diffusers_folder(tensors: dict[str, Tensor], dst: Path, config: ModelC
     configs = layout.model_config_to_diffusers(config)
     classes = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL"}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    usual_permissions(tmp, 0o777)
+    tmp = new_folder(dst.parent, f".{dst.name}.")
     try:
         index = {
             "_class_name": "StableDiffusionPipeline",
@@ -140,12 +132,12 @@ def _refuse_overwrite(dst: Path, force: bool) -> None:
 
 def _atomic_file(dst: Path, write: Callable[[Path], None]) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+    fd, tmp = new_file(dst.parent, f".{dst.name}.")
+    mode = os.fstat(fd).st_mode & 0o777  # what the umask gave a new file here
     os.close(fd)
-    tmp = Path(name)
     try:
         write(tmp)
-        usual_permissions(tmp)  # after the write: safetensors may create the file anew
+        os.chmod(tmp, mode)  # safetensors writes a file of its own (0600) and renames it over ours
         if dst.is_dir():  # only reached with force: a folder is being replaced by a file
             shutil.rmtree(dst)
         os.replace(tmp, dst)

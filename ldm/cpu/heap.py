@@ -3,8 +3,9 @@
 glibc keeps memory freed in the middle of its heap resident until something asks for it back. After sampling,
 a 512x512 generation's heap holds 0.1-0.3 GiB of the U-Net's freed activations, and the VAE decode that
 follows needs its own large buffers on top: the process's peak RSS. `malloc_trim(0)` returns those pages;
-they refault, zero-filled, only if used again. The pipeline calls it after sampling; the VAE's banded
-ResnetBlocks (ldm/vae.py) after each block, whose many band-sized buffers glibc would keep too.
+they refault, zero-filled, only if used again. It acts on the whole process (glibc locks and trims every
+arena), so the generation step decides when: once, after sampling (ldm/generate/txt2img.py); no module
+calls it from its forward.
 """
 
 from __future__ import annotations

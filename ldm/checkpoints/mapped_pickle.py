@@ -1,11 +1,13 @@
 """A PyTorch checkpoint's tensors moved onto one private memory mapping per storage.
 
 `torch.load(mmap=True)` maps the whole file once and every tensor is a slice of that mapping, so a layer that
-replaces its weight (ldm/packing.py reorders it for oneDNN) cannot give the file's pages back. Here each storage
-gets its own mapping of the same bytes, as ldm/mapped_safetensors.py does for safetensors. Where each storage's
+replaces its weight (ldm/cpu/packing.py reorders it for oneDNN) cannot give the file's pages back. Here each storage
+of OWN_MAPPING_FROM bytes and up gets its own mapping of the same bytes, as mapped_safetensors.py does for
+safetensors (smaller ones stay on torch's mapping). Where each storage's
 bytes are in the file comes from the process's own map of torch's mapping (/proc/self/maps), checked against the
-zip archive's records. Where that fails (not Linux, a compressed record, a big-endian file, a read error),
-torch's one mapping stays and the pipeline leaves the layers unpacked.
+zip archive's records. Where that fails (not Linux, a compressed record, a big-endian file, a read error, more
+mappings than the limit on open files allows before Python 3.13, where each keeps a descriptor), torch's one mapping
+stays and the pipeline leaves the layers unpacked. Small files never get here: read.py reads them into memory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ldm.mapped_safetensors import allow_open_files, map_bytes
+from ldm.checkpoints import mapped_safetensors
+from ldm.checkpoints.mapped_safetensors import map_bytes, mappings_fit
 
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip entry's local header, ahead of its bytes
 
@@ -45,15 +48,17 @@ def _remap(path: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor] | None:
         where = next((offset + ptr - start for start, end, offset in mapped if start <= ptr < end), None)
         if where is None or records.get(where) != size:
             return None
-        offsets[ptr] = where
+        if size >= mapped_safetensors.OWN_MAPPING_FROM:  # small storages stay on torch's mapping
+            offsets[ptr] = where
+    if not mappings_fit(len(offsets), path):  # torch's one mapping keeps no descriptor
+        return None
     remapped = {}
-    allow_open_files(len(offsets))
     with path.open("rb") as f:
         regions = {ptr: map_bytes(f, where, records[where]) for ptr, where in offsets.items()}
     for name, t in tensors.items():
         region = regions.get(t.untyped_storage().data_ptr())
-        if region is None:  # empty
-            remapped[name] = t.clone()
+        if region is None:  # empty, or small: as torch mapped it (an empty one is cloned off that mapping)
+            remapped[name] = t if t.untyped_storage().nbytes() else t.clone()
             continue
         typed = region.view(t.dtype)
         remapped[name] = typed.as_strided(t.shape, t.stride(), typed.storage_offset() + t.storage_offset())

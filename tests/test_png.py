@@ -1,46 +1,12 @@
+"""PNG output: tensors to images as diffusers rounds them, numbered files that never overwrite."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from ldm.errors import LdmError
-from ldm.images import format_parameters, parse_parameters, save_png, to_pil
-
-SETTINGS = {
-    "prompt": "a red circle, on white: minimal",
-    "negative_prompt": "blurry, low quality",
-    "steps": 20,
-    "sampler": "dpmpp_2m",
-    "karras": True,
-    "guidance": 7.5,
-    "seed": 1234,
-    "width": 512,
-    "height": 384,
-    "clip_skip": 2,
-    "eta": 0.0,
-    "model_hash": "0123456789",
-    "model": "v1-5-pruned-emaonly",
-}
-
-
-def test_parameters_round_trip_through_the_automatic1111_text():
-    text = format_parameters(SETTINGS)
-    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 1234, Size: 512x384" in text
-    assert parse_parameters(text) == SETTINGS
-
-
-def test_automatic1111_text_is_read():
-    text = (
-        "masterpiece, a cabin\nNegative prompt: ugly\n"
-        "Steps: 30, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x768, Model hash: abc, Model: x, Version: v1.10"
-    )
-    got = parse_parameters(text)
-    assert (got["prompt"], got["negative_prompt"], got["sampler"], got["height"]) == (
-        "masterpiece, a cabin",
-        "ugly",
-        "euler_a",
-        768,
-    )
+from ldm.outputs.png import save_png, to_pil
 
 
 def test_to_pil_rounds_like_diffusers():

@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm.attention import attention
 from ldm.config import UNetConfig
 from ldm.errors import ConfigError
-from ldm.layers import GroupNorm32, SiLU, Upsample
-from ldm.packing import PackedGEGLU
+from ldm.models.attention import attention
+from ldm.models.layers import GroupNorm32, SiLU, Upsample
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -65,15 +64,11 @@ class CrossAttention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    gelu_gated_projection = "proj"  # packed on a CPU as one fused layer, PackedGEGLU (ldm/packing.py)
-
     def __init__(self, dim: int, inner: int):
         super().__init__()
         self.proj = nn.Linear(dim, inner * 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.proj, PackedGEGLU):
-            return self.proj(x)  # value * gelu(gate) already
         x, gate = self.proj(x).chunk(2, dim=-1)
         return x * F.gelu(gate)
 

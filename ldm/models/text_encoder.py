@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ldm.attention import attention
 from ldm.config import TextEncoderConfig
 from ldm.errors import ConfigError
+from ldm.models.attention import attention
 
 
 class CLIPAttention(nn.Module):

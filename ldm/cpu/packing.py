@@ -5,27 +5,30 @@ into its blocked layout on every call. For the U-Net's 1280-channel 3x3 convs at
 of the call. `pack_weights(model)` swaps every 3x3 Conv2d and every Linear for a layer that reorders its weight
 on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy: loading stays as fast,
 and the first call pays the reorders and the new memory once more (1-2 s for SD v1's U-Net here). 1x1 convs are
-left alone: packed, they were no faster. A GEGLU projection packs as one fused layer (PackedGEGLU).
+left alone: packed, they were no faster. A GEGLU feed-forward packs as one fused layer (FusedGEGLU).
 
-A packed layer still saves and loads its dense `weight` (`state_dict`), and `.to()`, `.float()` and the like
-unpack it first, and so does `.train()`. `unpack_weights(model)` gives back plain layers (torch.compile wants them).
+A packed layer still answers `.weight`: reading it unpacks the layer (the dense Parameter is back, to read or
+edit in place) and the next call packs again. It saves and loads its dense `weight` (`state_dict`), and `.to()`,
+`.float()` and the like unpack it first, and so does `.train()`. `unpack_weights(model)` gives back plain layers.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldm.models.unet import GEGLU
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+# oneDNN's private ops that packed layers call; another torch build may lack some (then layers stay plain).
+MKLDNN_OPS = ("_reorder_convolution_weight", "_convolution_pointwise", "_reorder_linear_weight", "_linear_pointwise",
+              "_is_mkldnn_bf16_supported")  # fmt: skip
 SWAPPING = threading.RLock()  # held while a layer swaps its dense and packed weights
-
-
-def tensor_identity(t: Tensor) -> tuple:
-    """Changes when the tensor is replaced, cast, moved or modified in place (inference tensors keep no version)."""
-    return t.data_ptr(), t.dtype, t.device, 0 if t.is_inference() else t._version
 
 
 class PackedLayer(nn.Module):
@@ -54,9 +57,8 @@ class PackedLayer(nn.Module):
         if self.packed is None:
             if not self._suits(x, self.weight):
                 return self.weight
-            self.packed = self.pack(self.weight.detach(), x)
-            self.packed_identity = tensor_identity(self.weight)
             self.weight_requires_grad = self.weight.requires_grad
+            self.packed = self.pack(self.weight.detach(), x)
             del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
         return None
 
@@ -70,9 +72,10 @@ class PackedLayer(nn.Module):
             return False  # the packed ops have no backward
         return w.dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
-    def weight_identity(self) -> tuple:
-        """The dense weight's identity, kept through packing (which keeps the values)."""
-        return tensor_identity(self.weight) if self.packed is None else self.packed_identity
+    def __getattr__(self, name: str):
+        if name == "weight" and self.__dict__.get("packed") is not None:  # only the packed copy is left
+            self.unpack()  # the dense Parameter again, so what the caller reads or edits is what computes
+        return super().__getattr__(name)
 
     def dense_weight(self) -> Tensor:
         if self.packed is None:
@@ -82,8 +85,9 @@ class PackedLayer(nn.Module):
     def unpack(self) -> None:
         with SWAPPING:
             if self.packed is not None:
-                self.weight = nn.Parameter(self.dense_weight(), requires_grad=self.weight_requires_grad)
-                self.packed = None
+                dense = self.dense_weight()
+                self.packed = None  # first: registering `weight` asks whether the layer has one
+                self.weight = nn.Parameter(dense, requires_grad=self.weight_requires_grad)
 
     def train(self, mode: bool = True) -> PackedLayer:  # training wants the dense weight as a Parameter again
         if mode:
@@ -148,9 +152,8 @@ class PackedLinear(PackedLayer):
 
 
 class PackedGEGLU(PackedLinear):
-    """The projection of a GEGLU feed-forward, rows [value; gate], returning value * gelu(gate) itself: the GELU
-    and the product run inside the two matmuls (oneDNN post-ops), with no (tokens, 2 x inner) intermediate: 0.3 s
-    (3.5%) of a 512x512 U-Net call; nothing at 256x256, where that intermediate stays in cache."""
+    """A GEGLU's projection, rows [value; gate], returning value * gelu(gate) itself: the GELU and the product run
+    inside the two matmuls (oneDNN post-ops), with no (tokens, 2 x inner) intermediate."""
 
     def pack(self, weight: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         return tuple(torch.ops.mkldnn._reorder_linear_weight(half.contiguous()) for half in weight.chunk(2))
@@ -165,6 +168,27 @@ class PackedGEGLU(PackedLinear):
         return torch.ops.mkldnn._linear_pointwise.binary(x, gate, value_weight, value_bias, "mul")
 
 
+class FusedGEGLU(GEGLU):
+    """GEGLU whose `proj` (the same key) is a PackedGEGLU: the projection computes value * gelu(gate) itself."""
+
+    @classmethod
+    def replacing(cls, plain: GEGLU) -> FusedGEGLU:
+        with torch.device("meta"):
+            fused = cls(plain.proj.in_features, plain.proj.out_features // 2)
+        fused.proj = PackedGEGLU(plain.proj)
+        return fused
+
+    def plain(self) -> GEGLU:
+        proj = self.proj.to_plain()
+        with torch.device("meta"):
+            plain = GEGLU(proj.in_features, proj.out_features // 2)
+        plain.proj = proj
+        return plain
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x)
+
+
 def _packable(layer: nn.Module) -> bool:
     if isinstance(layer, nn.Linear):
         return True
@@ -177,27 +201,43 @@ def _packable(layer: nn.Module) -> bool:
     )
 
 
+@functools.cache
+def packing_available() -> bool:
+    """Whether this torch has oneDNN and every op a packed layer calls; says once in the log when not."""
+    missing = [op for op in MKLDNN_OPS if not _has_mkldnn_op(op)] if torch.backends.mkldnn.is_available() else ["all"]
+    if missing:
+        logging.getLogger("ldm").info("CPU layers stay unpacked: this torch lacks oneDNN ops (%s)", ", ".join(missing))
+    return not missing
+
+
+def _has_mkldnn_op(name: str) -> bool:
+    try:
+        getattr(torch.ops.mkldnn, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def pack_weights(model: nn.Module) -> nn.Module:
-    """Swap `model`'s 3x3 convs and linear layers for packed ones, in place (no weight is copied yet)."""
-    if not torch.backends.mkldnn.is_available():
+    """Swap `model`'s 3x3 convs, linear layers and GEGLUs for packed ones, in place (no weight is copied yet)."""
+    if not packing_available():
         return model
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) not in (nn.Conv2d, nn.Linear) or not _packable(child):
-                continue
-            if isinstance(child, nn.Conv2d):
-                setattr(parent, name, PackedConv2d(child))
-            elif getattr(parent, "gelu_gated_projection", None) == name:  # a GEGLU's `proj` (ldm/unet.py)
-                setattr(parent, name, PackedGEGLU(child))
-            else:
-                setattr(parent, name, PackedLinear(child))
+            if type(child) is GEGLU:
+                setattr(parent, name, FusedGEGLU.replacing(child))
+            elif type(child) in (nn.Conv2d, nn.Linear) and _packable(child):
+                packed = PackedConv2d(child) if isinstance(child, nn.Conv2d) else PackedLinear(child)
+                setattr(parent, name, packed)
     return model
 
 
 def unpack_weights(model: nn.Module) -> nn.Module:
-    """Plain nn.Conv2d / nn.Linear layers again, with dense weights, in place."""
+    """Plain nn.Conv2d / nn.Linear layers and GEGLUs again, with dense weights, in place."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, PackedLayer):
+            if isinstance(child, FusedGEGLU):
+                setattr(parent, name, child.plain())
+            elif isinstance(child, PackedLayer):
                 setattr(parent, name, child.to_plain())
     return model

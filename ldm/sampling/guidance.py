@@ -21,7 +21,7 @@ class CFGDenoiser:
 
     The call gives x once and the contexts stacked (uncond, then cond): ldm's U-Net repeats x only from its first
     cross-attention on, where the two halves start to differ. So `unet` must take that guided batch, as
-    ldm.unet.UNetModel does (a U-Net wanting x and context with the same rows, as diffusers', would not).
+    ldm.models.unet.UNetModel does (a U-Net wanting x and context with the same rows, as diffusers', would not).
 
     `x` is k-diffusion's variable x0 + sigma * noise; the U-Net sees x / sqrt(sigma^2 + 1) (the DDPM scale it
     was trained on) and the timestep `timestep_of(sigma)`. `concat` holds extra input channels (inpainting).
@@ -36,12 +36,13 @@ class CFGDenoiser:
         timestep_of: Callable[[Tensor], Tensor],
         concat: Tensor | None = None,
         prediction_type: str = "epsilon",
+        dtype: torch.dtype | None = None,
     ):
         if prediction_type not in PREDICTION_TYPES:
             raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
         self.unet, self.guidance, self.timestep_of = unet, guidance, timestep_of
         self.prediction_type = prediction_type
-        self.dtype = next(unet.parameters()).dtype
+        self.dtype = dtype or next(unet.parameters()).dtype  # what the U-Net computes in
         guided = uncond is not None and guidance != 1
         self.context = torch.cat([uncond, cond]) if guided else cond  # uncond first, as diffusers batches it
         self.concat, self.guided = concat, guided

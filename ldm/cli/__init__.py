@@ -1,0 +1,1 @@
+"""The console scripts: argument parsing and one-line errors around ldm's library calls."""

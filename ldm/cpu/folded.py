@@ -1,0 +1,67 @@
+"""Upsampling folded into the conv: nearest 2x then a 3x3 conv, computed as four 2x2 convs over the input.
+
+Upsampling repeats each input row, so even output rows see input rows (i-1, i, i) and odd ones (i, i, i+1): the
+3x3 kernel's rows that land on the same input row add up, and so do its columns. Each output phase is then a
+2x2 conv over the input: about half the multiply-adds (4/9, and each phase computes one row and column more
+than it keeps) and no upsampled copy of the input. Swapped in for ldm.models.layers.Upsample by ldm/cpu/swap_in.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ldm.cpu.packing import SWAPPING, PackedLayer
+from ldm.models.layers import Upsample
+
+# Folding costs a pass over the weights on each call; from this input area up, the saved multiply-adds pay for it.
+FOLD_FROM_AREA = 16 * 16
+
+
+class FoldedUpsample(Upsample):
+    """Upsample with the same `.conv`, folded without autograd from FOLD_FROM_AREA input pixels up."""
+
+    offload_as_unit = True  # folding reads conv's weight without calling conv (ldm/runtime/offload.py)
+
+    fold_from_area = FOLD_FROM_AREA  # math.inf: never fold (tools/bench.py compares)
+
+    @classmethod
+    def replacing(cls, plain: Upsample) -> FoldedUpsample:
+        with torch.device("meta"):
+            folded = cls(plain.conv.in_channels)
+        folded.conv = plain.conv
+        return folded
+
+    def plain(self) -> Upsample:
+        with torch.device("meta"):
+            plain = Upsample(self.conv.in_channels)
+        plain.conv = self.conv
+        return plain
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, (b, _, h, w) = self.conv, x.shape
+        wants_grad = x.requires_grad or any(p.requires_grad for p in conv.parameters())
+        if h * w < self.fold_from_area or (torch.is_grad_enabled() and wants_grad):
+            return super().forward(x)
+        kernels = folded_kernels(conv)
+        # Channels-last on a CPU, as the packed convs (ldm/cpu/packing.py) return it and the next one computes in.
+        layout = torch.channels_last if x.device.type == "cpu" else torch.contiguous_format
+        out = torch.empty(b, kernels[0].shape[0], 2 * h, 2 * w, dtype=x.dtype, device=x.device, memory_format=layout)
+        for (r, c), kernel in zip(((0, 0), (0, 1), (1, 0), (1, 1)), kernels, strict=True):
+            # Padding 1 gives (h+1, w+1) outputs, output i over input rows (i-1, i); phase r starts at r.
+            out[:, :, r::2, c::2] = F.conv2d(x, kernel, conv.bias, padding=1)[:, :, r : r + h, c : c + w]
+        return out
+
+
+def folded_kernels(conv: nn.Module) -> list[Tensor]:
+    """The 2x2 kernels of phases (0, 0), (0, 1), (1, 0), (1, 1) of a 3x3 conv after nearest 2x upsampling."""
+    with SWAPPING:  # packed by a call on a smaller input, maybe in another thread just now
+        weight = conv.dense_weight() if isinstance(conv, PackedLayer) else conv.weight
+    rows = _fold(weight.detach().float(), dim=2)
+    return [k.to(weight.dtype) for by_rows in rows for k in _fold(by_rows, dim=3)]
+
+
+def _fold(w: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    first, middle, last = w.unbind(dim)
+    return torch.stack([first, middle + last], dim), torch.stack([first + middle, last], dim)

@@ -1,0 +1,40 @@
+"""The one call that fits a model's modules for fast CPU inference, and the one that takes them out again.
+
+The model files (ldm/models/) read like the CompVis code; the tricks live here as modules with the same
+children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py), VAE ResnetBlocks in bands of rows
+(ldm/cpu/banded.py), and, with `pack`, weights reordered for oneDNN and fused GEGLUs (ldm/cpu/packing.py).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ldm.cpu.banded import BandedResnetBlock
+from ldm.cpu.folded import FoldedUpsample
+from ldm.cpu.packing import pack_weights, unpack_weights
+from ldm.models.layers import Upsample
+from ldm.models.vae import ResnetBlock
+
+SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock}
+
+
+def swap_in(model: nn.Module, *, pack: bool = True) -> nn.Module:
+    """Replace `model`'s modules by their faster equals, in place; `pack` also packs weights (a CPU without
+    offload: the packed copies live in CPU memory)."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) in SWAPS:
+                setattr(parent, name, SWAPS[type(child)].replacing(child))
+    if pack:
+        pack_weights(model)
+    return model
+
+
+def swap_out(model: nn.Module) -> nn.Module:
+    """The plain modules of ldm/models/ again (torch.compile wants them), in place."""
+    unpack_weights(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, (FoldedUpsample, BandedResnetBlock)):
+                setattr(parent, name, child.plain())
+    return model

@@ -1,0 +1,1 @@
+"""Generation: a request, its result, the txt2img steps, and the Pipeline facade over them."""

@@ -1,0 +1,253 @@
+"""Pipeline: a loaded SD v1 model on a device, and the facade over the generation functions.
+
+`Pipeline.load(path)` reads the model and decides how it runs (device, dtype, offload, CPU modules, attention);
+`pipe.generate(request)` makes images (ldm/generate/txt2img.py) and returns a Result; `pipe(prompt, ...)` is
+the same with keyword settings, returning the images. Nothing about a call is kept on the pipeline, and calls
+from several threads are served one at a time per pipeline (as A1111's queue lock does), each as if alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ldm.checkpoints.build import Model, load_model
+from ldm.checkpoints.hashing import model_hash
+from ldm.config import ModelConfig
+from ldm.cpu.swap_in import swap_in, swap_out
+from ldm.errors import ConfigError, LdmError
+from ldm.generate.request import GenerationRequest
+from ldm.generate.result import Result
+from ldm.models.attention import resolve_backend, set_attention_backend
+from ldm.runtime.offload import MODES, ModelOffload, offload_sequentially
+from ldm.runtime.tiling import tiled_decode
+from ldm.runtime.weights import Weights, edit_weights
+from ldm.shipped import shipped
+from ldm.text.conditioning import PromptCache
+from ldm.text.tokenizer import Tokenizer
+
+WEIGHTS_DIR = shipped("weights")
+BUILTIN = WEIGHTS_DIR / "ldm-shapes.safetensors"
+COMPONENTS = ("text_encoder", "unet", "vae")
+
+
+class Pipeline:
+    """Text to images with an SD v1 model. `Pipeline.load(path)` then `pipe(prompt, ...)` or `pipe.generate(...)`."""
+
+    def __init__(self, model: Model, *, device: torch.device, dtype: torch.dtype, vae_dtype: torch.dtype):
+        self.model = model
+        self.tokenizer = Tokenizer(length=model.config.text_encoder.max_position_embeddings)
+        self.device, self.dtype, self.vae_dtype = device, dtype, vae_dtype
+        self.defaults = GenerationRequest()  # settings a call does not give (the built-in model has its own)
+        self.offload: ModelOffload | None = None
+        self.sequential_offload = False
+        self.prompt_cache = PromptCache()
+        self.lock = threading.RLock()  # one generation at a time on this pipeline's device
+        self.model_info: dict[str, str | None] = {"model": model.path.stem if model.path else "ldm-builtin"}
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attention: str | None = None,
+        config: str | Path | ModelConfig | None = None,
+        offload: str | None = None,
+        compile: bool = False,
+    ) -> Pipeline:
+        """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
+
+        Device auto: CUDA when available, running the U-Net and text encoder in float16 (the VAE falls back
+        to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
+        ldm/runtime/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
+        `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
+        Otherwise ldm/cpu/swap_in.py fits the modules for speed; on a CPU without offload their layers also pack
+        their weights for oneDNN on first use, unless they share one mapping of a pickle that
+        ldm/checkpoints/mapped_pickle.py could not split.
+        """
+        try:
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        if device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device {device.type!r} is not supported; use cpu, cuda or cuda:N")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but this PyTorch has no CUDA device; use --device cpu")
+        dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        if path is None:
+            if not BUILTIN.is_file():
+                raise LdmError(
+                    "no built-in model in this installation; pass a checkpoint (--checkpoint / Pipeline.load(path))"
+                )
+            path = BUILTIN
+        if isinstance(config, (str, Path)):
+            config = ModelConfig.from_json(config)
+        if offload is not None and offload not in MODES:
+            raise ConfigError(f"unknown offload mode {offload!r}; choose one of {', '.join(MODES)}")
+        model = load_model(path, config=config, dtype=dtype, device="cpu" if offload else device)
+        # The VAE decoder overflows in float16 on some images; it starts in the model dtype and retries in float32.
+        # Offloaded, it stays float32: its CPU copy is the one that visits the device.
+        vae_dtype = torch.float32 if offload else dtype
+        if offload:
+            model.vae.float()
+        pipe = cls(model, device=device, dtype=dtype, vae_dtype=vae_dtype)
+        if not compile:
+            # Packed copies live in CPU memory: not for offload (the CPU copy visits the device), nor for weights on
+            # one shared mapping of a pickle (packing would keep every file page beside the packed copies).
+            pack = device.type == "cpu" and not offload and not model.one_mapping
+            for module in pipe.components():
+                swap_in(module, pack=pack)
+        pipe._set_offload(offload)
+        if compile:
+            pipe.compile()
+        pipe.set_attention(resolve_backend(attention, device))
+        if path == BUILTIN:
+            pipe.defaults = GenerationRequest(**builtin_defaults())
+        return pipe
+
+    @property
+    def source(self) -> Path | None:
+        return self.model.path
+
+    def components(self) -> list[torch.nn.Module]:
+        return [getattr(self.model, name) for name in COMPONENTS]
+
+    def compile(self) -> None:
+        """Compile the U-Net's forward with torch.compile, on the plain modules of ldm/models/."""
+        if self.offload is not None or self.sequential_offload:
+            raise ConfigError("compile and offload do not combine; choose one")
+        swap_out(self.model.unet)  # torch.compile fuses and packs its own way
+        self.model.unet.compile(dynamic=False)  # in place: the module, its keys and hooks stay
+
+    def _set_offload(self, mode: str | None) -> None:
+        self.offload = ModelOffload(self.components(), self.device) if mode == "model" else None
+        self.sequential_offload = mode == "sequential"
+        if self.sequential_offload:
+            for module in self.components():
+                offload_sequentially(module, self.device)
+
+    def activate(self, module: torch.nn.Module) -> None:
+        """Bring `module`'s weights to the device before it computes (under model offload)."""
+        if self.offload is not None:
+            self.offload.activate(module)
+
+    def set_attention(self, backend: str) -> None:
+        for module in self.components():
+            set_attention_backend(module, backend)
+
+    def hash_model(self) -> str | None:
+        """A1111's model hash of the checkpoint file (cached per file), also written into infotexts from now on."""
+        self.model_info["model_hash"] = model_hash(self.source)
+        return self.model_info["model_hash"]
+
+    @contextmanager
+    def edit_weights(self, component: str) -> Iterator[Weights]:
+        """`with pipe.edit_weights("unet") as w: w["out.2.weight"].mul_(0.5)`: edit a component's weights in place,
+        between generations, in the copy that offload keeps (ldm/runtime/weights.py)."""
+        if component not in COMPONENTS:
+            raise ConfigError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+        with self.lock:
+            if self.offload is not None:
+                self.offload.send_home()
+            with edit_weights(getattr(self.model, component)) as weights:
+                yield weights
+
+    def request(self, **given: Any) -> GenerationRequest:
+        """A request from keyword settings; those not given (or None) are this pipeline's defaults."""
+        if isinstance(given.get("prompt"), list):
+            given["prompt"] = tuple(given["prompt"])
+        if isinstance(given.get("negative_prompt"), list):
+            given["negative_prompt"] = tuple(given["negative_prompt"])
+        return self.defaults.replace(**given)
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        latents: torch.Tensor | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> Result:
+        """Run `request`: images, their seeds and infotexts, and the final latents.
+
+        latents: start from these (B, 4, H/8, W/8) instead of seeded noise. callback(step, total, latents) after
+        each step. progress: a tqdm bar on stderr.
+        """
+        from ldm.generate.txt2img import txt2img
+
+        with self.lock:
+            return txt2img(self, request, latents=latents, callback=callback, progress=progress)
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str | list[str] = "",
+        steps: int | None = None,
+        guidance: float | None = None,
+        sampler: str | None = None,
+        karras: bool | None = None,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        batch_size: int = 1,
+        latents: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        eta: float | None = None,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        progress: bool = True,
+    ) -> list[Image.Image]:
+        """Generate images; settings as in AUTOMATIC1111 (see GenerationRequest), None = the model's default
+        (SD v1: 50 steps, guidance 7.5, PNDM/plms, 512x512). Image i of the batch uses seed + i with its own CPU
+        generator, so every image reproduces alone; `pipe.generate` also returns the seeds and infotexts."""
+        request = self.request(
+            prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, sampler=sampler,
+            karras=karras, seed=seed, width=width, height=height, batch_size=batch_size, clip_skip=clip_skip, eta=eta,
+        )  # fmt: skip
+        return self.generate(request, latents=latents, callback=callback, progress=progress).images
+
+    def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:
+        """(B, T, C) text context; each distinct prompt is encoded once and remembered (ldm/text/conditioning.py)."""
+
+        @torch.no_grad()  # a cached row must not hold an autograd graph
+        def run(distinct: list[str]) -> torch.Tensor:
+            self.activate(self.model.text_encoder)
+            return self.model.text_encoder(self.tokenizer(distinct).to(self.device), clip_skip=clip_skip)
+
+        return self.prompt_cache.encode(self.model.text_encoder, prompts, clip_skip, run)
+
+    def decode(self, latents: torch.Tensor, *, tiling: bool = False, slicing: bool = False) -> torch.Tensor:
+        """Latents -> images in [-1, 1], float32; in tiles and one image at a time if asked."""
+        z = latents / self.model.config.vae.scale_factor
+        self.activate(self.model.vae)
+        image = self._decode(z.to(self.vae_dtype), tiling, slicing)
+        if not torch.isfinite(image).all() and self.vae_dtype != torch.float32:
+            with self.lock:  # float16 overflowed: this VAE decodes in float32 from now on (as diffusers upcasts)
+                self.model.vae.float()
+                self.vae_dtype = torch.float32
+            image = self._decode(z.float(), tiling, slicing)
+        return image.float()
+
+    def _decode(self, z: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
+        decode = self.model.vae.decode
+        if tiling:
+            decode = partial(tiled_decode, self.model.vae.decode, scale=self.model.config.vae.downscale)
+        if slicing:
+            return torch.cat([decode(z[i : i + 1]) for i in range(z.shape[0])])
+        return decode(z)
+
+
+def builtin_defaults() -> dict[str, Any]:
+    """Generation defaults suited to the built-in model (stored beside it)."""
+    path = WEIGHTS_DIR / "defaults.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

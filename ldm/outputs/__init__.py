@@ -1,0 +1,1 @@
+"""What leaves the engine: AUTOMATIC1111 infotext, PNG files, new files that respect the umask."""

@@ -1,0 +1,53 @@
+"""Images out: tensors to PIL, and PNG files that carry their `parameters` text and never overwrite a file."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from ldm.errors import LdmError
+from ldm.outputs.files import new_file
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB images, rounded as diffusers rounds them."""
+    array = (images.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in (array * 255).round().astype(np.uint8)]
+
+
+def save_png(image: Image.Image, outdir: Path, seed: int, parameters: str) -> Path:
+    """Write `NNNNN-<seed>.png` in `outdir` under the next free number; never replaces an existing file."""
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = new_file(outdir, ".ldm-", ".png")
+    except OSError as e:
+        raise LdmError(f"cannot write an image into {outdir} ({e.strerror}); choose a writable --outdir") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG", pnginfo=info)
+        number = next_number(outdir)
+        while True:
+            final = outdir / f"{number:05d}-{seed}.png"
+            try:
+                os.link(tmp, final)  # atomic, and fails instead of replacing a file that appeared meanwhile
+                return final
+            except FileExistsError:
+                number += 1
+    except OSError as e:
+        raise LdmError(f"cannot write an image into {outdir} ({e.strerror}); choose a writable --outdir") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def next_number(outdir: Path) -> int:
+    """One past the highest `NNNNN-` number in `outdir`, as AUTOMATIC1111 numbers its outputs."""
+    numbers = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"(\d{5,})-", p.name))]
+    return max(numbers, default=-1) + 1

@@ -1,0 +1,1 @@
+"""How loaded models run: offload to a device, tiled decoding, and the one way to edit weights."""
