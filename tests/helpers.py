@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 from ldm.checkpoints.read import PREFIXES, ema_key
@@ -18,6 +19,33 @@ from ldm.models.vae import AutoencoderKL
 
 DATA = Path(__file__).parent / "data"
 DTYPES = {"F32": torch.float32, "I64": torch.int64, "I32": torch.int32}
+
+TINY_KEYS = {
+    "unet": "unet_config (diffusers UNet2DConditionModel kwargs)",
+    "vae": "vae_config (diffusers AutoencoderKL kwargs)",
+    "text_encoder": "text_encoder_config (transformers CLIPTextConfig kwargs)",
+}
+BOOKKEEPING = ("architectures", "model_type", "torch_dtype", "transformers_version")
+
+
+def reference_kwargs(component: str, preset: str) -> dict:
+    """The diffusers / transformers kwargs of a preset's component from a source other than ldm's translation:
+    the fixture for "tiny", SD v1.5's own config files for "sd-v1" (tests/data/README.md)."""
+    if preset == "tiny":
+        return dict(json.loads((DATA / "sd_v1_tiny_config.json").read_text())[TINY_KEYS[component]])
+    real = json.loads((DATA / "sd_v1_5_configs.json").read_text())[component]
+    return {k: v for k, v in real.items() if not k.startswith("_") and k not in BOOKKEEPING}
+
+
+# Tests that read the process's own mappings or descriptors: Linux's /proc.
+needs_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self (Linux)")
+
+
+def mappings_of(path: Path) -> int:
+    """How many of this process's memory mappings are of `path` (/proc/self/maps)."""
+    name = str(Path(path).resolve())
+    return sum(line.rstrip().endswith(name) for line in Path("/proc/self/maps").read_text().splitlines())
+
 
 # The tiny preset with a 2-layer text encoder: a whole model in a few MB, for end-to-end tests.
 E2E = dataclasses.replace(ModelConfig.preset("tiny"), text_encoder=TextEncoderConfig(

@@ -173,11 +173,18 @@ def test_corrupt_header_length_beyond_file(tmp_path):
         load_model(write_bytes(tmp_path / "bad.safetensors", struct.pack("<Q", 10**9) + b"{}"))
 
 
-def test_wrong_shapes_refused_and_nothing_half_loaded(tmp_path, tiny):
+def test_wrong_shapes_refused_and_nothing_half_loaded(tmp_path, tiny, monkeypatch):
     tensors = random_checkpoint()
-    tensors[PREFIXES["vae"] + "decoder.conv_out.weight"] = torch.randn(3, 32, 1, 1)
+    tensors[PREFIXES["vae"] + "decoder.conv_out.weight"] = torch.randn(3, 32, 1, 1)  # the last component checked
+    path = write_single_file(tensors, tmp_path / "x.safetensors", tiny)
+    loaded = []
+    real_load = torch.nn.Module.load_state_dict
+    monkeypatch.setattr(
+        torch.nn.Module, "load_state_dict", lambda m, *a, **k: loaded.append(m) or real_load(m, *a, **k)
+    )
     with pytest.raises(CheckpointError, match="1 with the wrong shape .*decoder.conv_out.weight"):
-        load_model(write_single_file(tensors, tmp_path / "x.safetensors", tiny))
+        load_model(path)
+    assert loaded == []  # not the U-Net, not the text encoder: nothing was given a weight
 
 
 def test_missing_keys_refused(tmp_path, tiny):

@@ -2,10 +2,13 @@
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import E2E, random_model
 from PIL import Image
@@ -110,7 +113,9 @@ def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
         p.send_signal(signal.SIGINT)
         rest = p.stderr.read()
         assert p.wait(timeout=60) == 130
-    assert rest.strip().splitlines()[-1] == "ldm-txt2img: interrupted" and "Traceback" not in rest
+    # The last thing on the terminal (after the progress bar, which clears its line with a carriage return).
+    last = [line.strip() for line in re.split(r"[\r\n]", rest) if line.strip()][-1]
+    assert last == "ldm-txt2img: interrupted" and "Traceback" not in rest
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -131,3 +136,45 @@ def test_bad_input_exits_2_with_one_line_and_no_file(checkpoint, tmp_path, args,
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def baseline(checkpoint, tmp_path_factory):
+    """The image the options below are compared with: same prompt, seed and size, every option at its default."""
+    out = tmp_path_factory.mktemp("baseline")
+    result = run(*base_args(checkpoint, out), "--prompt", "a red cube", "--seed", "3", "--sampler", "ddim")
+    assert result.returncode == 0, result.stderr
+    return np.asarray(Image.open(result.stdout.strip())).astype(int)
+
+
+@pytest.mark.parametrize(
+    ("options", "max_difference", "recorded"),
+    [
+        (["--dtype", "bfloat16"], 48, None),
+        (["--attention", "math"], 1, None),
+        (["--attention", "sliced"], 1, None),
+        (["--offload", "model"], 1, None),
+        (["--offload", "sequential"], 1, None),
+        (["--vae-tiling"], 1, None),
+        (["--vae-slicing"], 1, None),
+        (["--config", "{config}"], 0, None),
+        (["--clip-skip", "2"], None, "Clip skip: 2"),
+        (["--eta", "0.5"], None, "Eta: 0.5"),
+    ],
+)
+def test_each_option_runs_end_to_end(checkpoint, baseline, tmp_path, options, max_difference, recorded):
+    """Options that only change how the image is computed keep it (within their precision); those that change
+    the image change it, and the PNG's infotext records them."""
+    config = tmp_path / "config.json"
+    config.write_text(E2E.to_json())
+    options = [o.replace("{config}", str(config)) for o in options]
+    result = run(*base_args(checkpoint, tmp_path), "--prompt", "a red cube", "--seed", "3", "--sampler", "ddim",
+                 *options)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    image = np.asarray(Image.open(path)).astype(int)
+    infotext = Image.open(path).text["parameters"]
+    if max_difference is not None:
+        assert np.abs(image - baseline).max() <= max_difference
+    else:
+        assert np.abs(image - baseline).max() > 0 and recorded in infotext

@@ -92,11 +92,20 @@ def test_config_translation_round_trips():
 
 
 def test_old_diffusers_vae_attention_names_are_accepted(tiny_config):
-    vae = original_manifest("sd_v1_tiny_original_keys.json", "vae")
+    """Folders saved by diffusers before 0.14 name the VAE's attention query/key/value/proj_attn: every one of
+    them lands on the same original key, with the same values, as the modern names do."""
+    generator = torch.Generator().manual_seed(0)
+    manifest = original_manifest("sd_v1_tiny_original_keys.json", "vae")
+    vae = {k: torch.randn(t.shape, generator=generator) for k, t in manifest.items()}
     modern = dl.vae_to_diffusers(vae, tiny_config.vae)
-    old = {k.replace("to_q.", "query.").replace("to_out.0.", "proj_attn."): v for k, v in modern.items()}
-    assert any("proj_attn" in k for k in old)
-    assert shapes(dl.vae_from_diffusers(old, tiny_config.vae)) == shapes(vae)
+    old = {}
+    for key, value in modern.items():
+        for old_name, new_name in dl.OLD_VAE_ATTENTION.items():
+            key = key.replace(f".attentions.0.{new_name}", f".attentions.0.{old_name}")
+        old[key] = value
+    assert {n for n in dl.OLD_VAE_ATTENTION if any(f".attentions.0.{n}" in k for k in old)} == set(dl.OLD_VAE_ATTENTION)
+    back = dl.vae_from_diffusers(old, tiny_config.vae)
+    assert back.keys() == vae.keys() and all(torch.equal(back[k], vae[k]) for k in vae)
 
 
 def test_flattened_transformers_text_encoder_keys_are_accepted():

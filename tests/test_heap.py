@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import needs_proc
 
 from ldm.cpu.heap import _glibc
 
@@ -23,6 +24,7 @@ print(released, before - anon_mib())
 """
 
 
+@needs_proc
 @pytest.mark.skipif(_glibc() is None, reason="malloc_trim is glibc's; other C libraries have nothing to release")
 def test_freed_heap_pages_are_returned():
     out = subprocess.run([sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True).stdout.split()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lowest_free_descriptor, soft_open_files_limit
+from helpers import lowest_free_descriptor, mappings_of, needs_proc, soft_open_files_limit
 
 from ldm.checkpoints import mapped_safetensors
 from ldm.checkpoints.mapped_pickle import remap
@@ -18,11 +18,6 @@ from ldm.checkpoints.read import read_pickle_checkpoint
 from ldm.errors import CheckpointError
 
 PLAIN_READ_BELOW = mapped_safetensors.PLAIN_READ_BELOW  # the real threshold, before the fixture lowers it
-needs_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts mappings in /proc/self/maps")
-
-
-def mappings_of(path: Path) -> int:
-    return sum(line.rstrip().endswith(str(path.resolve())) for line in Path("/proc/self/maps").read_text().splitlines())
 
 
 @pytest.fixture(autouse=True)

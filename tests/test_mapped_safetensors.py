@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import lowest_free_descriptor, soft_open_files_limit
+from helpers import lowest_free_descriptor, mappings_of, needs_proc, soft_open_files_limit
 from safetensors.torch import load_file, save_file
 
 from ldm.checkpoints import mapped_safetensors
@@ -21,11 +21,6 @@ from ldm.checkpoints.read import read_checkpoint, read_safetensors
 from ldm.errors import CheckpointError
 
 PLAIN_READ_BELOW = mapped_safetensors.PLAIN_READ_BELOW  # the real threshold, before the fixture lowers it
-needs_proc = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="counts mappings in /proc/self/maps")
-
-
-def mappings_of(path: Path) -> int:
-    return sum(line.rstrip().endswith(str(path.resolve())) for line in Path("/proc/self/maps").read_text().splitlines())
 
 
 def descriptors() -> int:

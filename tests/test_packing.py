@@ -1,5 +1,7 @@
 """Layers whose weights are packed for oneDNN on first use: same numbers, same state dict, still convertible."""
 
+import logging
+
 import pytest
 import torch
 from helpers import rel_error
@@ -208,3 +210,19 @@ def test_threads_first_calls_pack_once_and_all_compute():
             thread.join()
     assert not errors
     assert len(outputs) == 80 and max(outputs) <= 1e-6
+
+
+def test_a_torch_without_the_onednn_ops_keeps_plain_layers_and_says_so_once(monkeypatch, caplog):
+    from ldm.cpu import packing
+
+    monkeypatch.setattr(packing, "_has_mkldnn_op", lambda name: name != "_linear_pointwise")
+    packing.packing_available.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="ldm"):
+            model = pack_weights(small_model())
+            pack_weights(small_model())
+        assert not any(isinstance(m, PackedLayer) for m in model.modules())
+        [record] = caplog.records
+        assert "stay unpacked" in record.message and "_linear_pointwise" in record.message
+    finally:
+        packing.packing_available.cache_clear()

@@ -2,25 +2,23 @@
 
 import dataclasses
 import gc
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import E2E, random_model
+from helpers import E2E, mappings_of, needs_proc, random_model
 from safetensors.torch import load_file
 
 from ldm import Pipeline
 from ldm.checkpoints import mapped_safetensors
-from ldm.checkpoints.build import Model
 from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 from ldm.config import ModelConfig
 from ldm.cpu.packing import PackedLayer
 from ldm.errors import ConfigError
 from ldm.models.layers import Upsample
-from ldm.models.text_encoder import TextEncoder
-from ldm.models.unet import UNetModel
-from ldm.models.vae import AutoencoderKL
 
 
 # The tiny test architecture with CLIP's real vocabulary, so the real tokenizer's ids fit.
@@ -139,16 +137,43 @@ def test_bad_settings_are_clear_errors(pipe, kwargs, message):
         pipe("x", progress=False, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def sd_v1_file() -> tuple[Path, Path]:
+    """A random SD v1 single file (float16 on disk, as most files are) and a diffusers folder whose configs are SD
+    v1.5's own (tests/data/sd_v1_5_configs.json), built once and kept between runs of the suite."""
+    cache = Path(os.environ.get("LDM_TEST_CACHE") or Path.home() / ".cache" / "ldm-tests")
+    single, folder = cache / "sd-v1-random-fp16.safetensors", cache / "sd-v1-random-diffusers"
+    if not (single.is_file() and (folder / "model_index.json").is_file()):
+        cfg = ModelConfig.preset("sd-v1")
+        tensors = {k: v.half() for k, v in random_model(cfg).items()}
+        write_single_file(tensors, single, cfg, force=True)
+        write_diffusers_folder(tensors, folder, cfg, force=True)
+    real = json.loads((Path(__file__).parent / "data" / "sd_v1_5_configs.json").read_text())
+    for component, name in (("unet", "config"), ("vae", "config"), ("text_encoder", "config"),
+                            ("scheduler", "scheduler_config")):  # fmt: skip
+        (folder / component / f"{name}.json").write_text(json.dumps(real[component], indent=2))
+    return single, folder
+
+
 @pytest.mark.full
-def test_real_sd_v1_shapes_run_end_to_end():
-    cfg = ModelConfig.preset("sd-v1")
-    torch.manual_seed(0)
-    model = Model(
-        UNetModel(cfg.unet).eval(), AutoencoderKL(cfg.vae).eval(), TextEncoder(cfg.text_encoder).eval(), cfg, "sd-v1"
-    )
-    pipe = Pipeline(model, device=torch.device("cpu"), dtype=torch.float32, vae_dtype=torch.float32)
-    images = pipe("a cabin on a snowy mountain", steps=2, width=64, height=64, seed=0, progress=False)
-    assert images[0].size == (64, 64) and np.asarray(images[0]).std() > 0
+def test_real_sd_v1_shapes_give_diffusers_image_from_the_same_single_file(sd_v1_file):
+    from diffusers import StableDiffusionPipeline
+
+    single, folder = sd_v1_file
+    reference = StableDiffusionPipeline.from_single_file(str(single), config=str(folder), local_files_only=True,
+                                                         torch_dtype=torch.float32, safety_checker=None,
+                                                         requires_safety_checker=False)  # fmt: skip
+    reference.set_progress_bar_config(disable=True)
+    prompt, negative = "a cabin on a snowy mountain", "blurry"
+    theirs = reference(prompt, negative_prompt=negative, num_inference_steps=2, guidance_scale=7.5, width=64,
+                       height=64, generator=torch.Generator().manual_seed(0)).images[0]  # fmt: skip
+    del reference
+    gc.collect()
+    ours = Pipeline.load(single, device="cpu")("a cabin on a snowy mountain", negative_prompt=negative, steps=2,
+                                               width=64, height=64, seed=0, progress=False)[0]  # fmt: skip
+    a, b = np.asarray(ours).astype(int), np.asarray(theirs).astype(int)
+    assert a.std() > 5  # a picture, not a flat field
+    assert np.abs(a - b).max() <= 2
 
 
 def test_vae_slicing_and_tiling_decode_the_same_picture(pipe):
@@ -163,6 +188,29 @@ def test_vae_slicing_and_tiling_decode_the_same_picture(pipe):
     assert tiled.shape == untiled.shape == (1, 3, 150 * scale, 80 * scale)
     # Random weights and per-tile norm statistics: close, not equal (tools/bench.py reports trained figures).
     assert (tiled - untiled).abs().mean() < 0.05, (tiled - untiled).abs().mean()
+
+
+def test_a_float16_vae_that_overflows_decodes_again_in_float32(checkpoint, monkeypatch):
+    half = Pipeline.load(checkpoint[0], device="cpu", dtype=torch.float16)
+    vae = half.model.vae
+    decode, seen = vae.decode, []
+
+    def overflowing(z):  # float16 overflows as it does on some real images; float32 does not
+        seen.append(z.dtype)
+        out = decode(z)
+        return (
+            out.masked_fill(torch.ones_like(out, dtype=torch.bool), float("inf")) if z.dtype == torch.float16 else out
+        )
+
+    monkeypatch.setattr(vae, "decode", overflowing)
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    image = half.decode(latents)
+    assert seen == [torch.float16, torch.float32] and torch.isfinite(image).all()
+    assert half.vae_dtype == torch.float32 and next(vae.parameters()).dtype == torch.float32
+    expected = Pipeline.load(checkpoint[0], device="cpu").decode(latents)
+    torch.testing.assert_close(image, expected, atol=1e-2, rtol=0)  # float16-rounded weights, decoded in float32
+    half.decode(latents)
+    assert seen == [torch.float16, torch.float32, torch.float32]  # float32 from now on, no second overflow
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -261,30 +309,28 @@ def test_v_prediction_model_gives_diffusers_image(tmp_path, sampler):
         assert a.std() > 5 and np.abs(a - b).max() <= 2
 
 
+@needs_proc
 def test_on_a_cpu_weights_are_packed_on_first_use_and_their_file_pages_given_back(checkpoint, monkeypatch):
     # A model's worth of mappings: the tiny file would be read into memory otherwise (mapped_safetensors.py).
     monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", 0)
     monkeypatch.setattr(mapped_safetensors, "OWN_MAPPING_FROM", 0)
     path = checkpoint[0].resolve()
-
-    def mappings() -> int:
-        return sum(line.endswith(str(path)) for line in Path("/proc/self/maps").read_text().splitlines())
-
     pipe = Pipeline.load(path, device="cpu")
-    mapped = mappings()
+    mapped = mappings_of(path)
     pipe("a red cube", steps=1, width=64, height=64, progress=False)
     packed = [m for m in pipe.model.unet.modules() if isinstance(m, PackedLayer) and id(m) not in folded(pipe)]
     assert packed and all(m.packed is not None for m in packed)
     gc.collect()
-    assert mappings() <= mapped - len(packed)  # each packed layer's dense weight was unmapped
+    assert mappings_of(path) <= mapped - len(packed)  # each packed layer's dense weight was unmapped
 
 
 def folded(pipe: Pipeline) -> set[int]:
-    """The U-Net's upsampling convs that ran folded (ldm/models/layers.py): they never pack."""
+    """The U-Net's upsampling convs that ran folded (ldm/cpu/folded.py): they never pack."""
     ups = [m for m in pipe.model.unet.modules() if isinstance(m, Upsample)]
     return {id(m.conv) for m in ups if isinstance(m.conv, PackedLayer) and m.conv.packed is None}
 
 
+@needs_proc
 def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tmp_path, monkeypatch):
     """A .ckpt's storages get a mapping each (mapped_pickle.py), so packing gives their pages back too."""
     # A model's worth of mappings: the tiny file would be read into memory otherwise (mapped_safetensors.py).
@@ -296,17 +342,14 @@ def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tm
     from_pickle = Pipeline.load(path, device="cpu", config=E2E)
     from_safetensors = Pipeline.load(checkpoint[0], device="cpu")
 
-    def mappings() -> int:
-        return sum(line.endswith(str(path.resolve())) for line in Path("/proc/self/maps").read_text().splitlines())
-
     def make(p):
         return np.asarray(p("a red cube", steps=2, seed=5, progress=False, width=64, height=64)[0]).astype(int)
 
-    mapped = mappings()
+    mapped = mappings_of(path)
     assert np.abs(make(from_pickle) - make(from_safetensors)).max() <= 1
     packed = [
         m for m in from_pickle.model.unet.modules() if isinstance(m, PackedLayer) and id(m) not in folded(from_pickle)
     ]
     assert packed and all(m.packed is not None for m in packed)
     gc.collect()
-    assert mappings() <= mapped - len(packed)
+    assert mappings_of(path) <= mapped - len(packed)

@@ -55,7 +55,17 @@ def test_a_tiny_v_prediction_run_writes_a_loadable_model_and_resumes(tmp_path, m
     assert first["step"] == 2
     monkeypatch.setattr(sys, "argv", ["train.py", *common, "--steps", "3"])
     train.main()  # resumes at step 2 and trains one more
-    assert torch.load(run / "diffusion.pt", weights_only=True)["step"] == 3
+    resumed = torch.load(run / "diffusion.pt", weights_only=True)
+    assert resumed["step"] == 3
+    # The same 3 steps without the interruption: the very same weights, so the resumed run went on from step 2.
+    straight = tmp_path / "straight"
+    monkeypatch.setattr(sys, "argv", ["train.py", *common, "--run", str(straight), "--out", str(tmp_path / "s.st"),
+                                      "--steps", "3"])  # fmt: skip
+    train.main()
+    uninterrupted = torch.load(straight / "diffusion.pt", weights_only=True)
+    for key in ("unet", "ema_unet", "text"):
+        for name, value in uninterrupted[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=0, atol=1e-6, msg=f"{key}.{name}")
     pipe = Pipeline.load(out)
     assert pipe.model.config.unet.prediction_type == "v_prediction"
     image = pipe("a small red circle at the top left", steps=2, width=64, height=64, seed=0, progress=False)[0]

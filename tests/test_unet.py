@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import rel_error
+from helpers import reference_kwargs, rel_error
 
 from ldm.checkpoints import diffusers_layout as layout
 from ldm.config import ModelConfig, UNetConfig
@@ -31,10 +31,11 @@ CONFIGS = {
 }
 
 
-def reference_and_ours(cfg: UNetConfig, std: float = 0.05):
+def reference_and_ours(cfg: UNetConfig, std: float = 0.05, kwargs: dict | None = None):
+    """kwargs: the reference's own config (independent of ours); by default our translation of `cfg`."""
     from diffusers import UNet2DConditionModel
 
-    ref = UNet2DConditionModel(**layout.unet_config_to_diffusers(cfg)).eval()
+    ref = UNet2DConditionModel(**(kwargs or layout.unet_config_to_diffusers(cfg))).eval()
     with torch.no_grad():
         for p in ref.parameters():  # default init zeroes some layers; random everywhere tests every weight
             p.normal_(0, std)
@@ -49,7 +50,8 @@ def reference_and_ours(cfg: UNetConfig, std: float = 0.05):
 @pytest.mark.parametrize("size", [(8, 8), (8, 12), (12, 4)])
 def test_matches_diffusers(name, size, packed):
     cfg = CONFIGS[name]
-    ref, ours = reference_and_ours(cfg)
+    # The tiny preset's reference comes from the fixture's kwargs, the others from our translation.
+    ref, ours = reference_and_ours(cfg, kwargs=reference_kwargs("unet", "tiny") if name == "tiny" else None)
     if packed:  # the layers the pipeline runs on a CPU (ldm/cpu/swap_in.py)
         swap_in(ours)
     x = torch.randn(2, cfg.in_channels, *size)
@@ -99,7 +101,7 @@ def test_attention_backends_agree():
 @pytest.mark.full
 def test_full_sd_v1_shapes_match_diffusers():
     cfg = ModelConfig.preset("sd-v1").unet
-    ref, ours = reference_and_ours(cfg, std=0.02)
+    ref, ours = reference_and_ours(cfg, std=0.02, kwargs=reference_kwargs("unet", "sd-v1"))
     x, t, context = torch.randn(1, 4, 8, 8), torch.tensor([421.0]), torch.randn(1, 77, 768)
     with torch.no_grad():
         expected = ref(x, t, context).sample

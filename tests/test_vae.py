@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import rel_error
+from helpers import reference_kwargs, rel_error
 
 from ldm.checkpoints import diffusers_layout as layout
 from ldm.config import ModelConfig, VAEConfig
@@ -18,10 +18,11 @@ CONFIGS = {
 }
 
 
-def reference_and_ours(cfg: VAEConfig, std: float = 0.1):
+def reference_and_ours(cfg: VAEConfig, std: float = 0.1, kwargs: dict | None = None):
+    """kwargs: the reference's own config (independent of ours); by default our translation of `cfg`."""
     from diffusers import AutoencoderKL as Reference
 
-    ref = Reference(**layout.vae_config_to_diffusers(cfg)).eval()
+    ref = Reference(**(kwargs or layout.vae_config_to_diffusers(cfg))).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0, std)
@@ -40,7 +41,8 @@ def test_encode_and_decode_match_diffusers(name, size, packed, band_rows, monkey
     # 512x512 levels do with 64 (ldm/cpu/banded.py).
     monkeypatch.setattr(banded, "BAND_ROWS", band_rows)
     cfg = CONFIGS[name]
-    ref, ours = reference_and_ours(cfg)
+    # The tiny preset's reference comes from the fixture's kwargs, the others from our translation.
+    ref, ours = reference_and_ours(cfg, kwargs=reference_kwargs("vae", "tiny") if name == "tiny" else None)
     if packed:  # the layers the pipeline runs on a CPU (ldm/cpu/swap_in.py)
         swap_in(ours)
     x = torch.rand(2, 3, *size) * 2 - 1
@@ -65,7 +67,7 @@ def test_attention_backends_agree():
 
 @pytest.mark.full
 def test_full_sd_v1_shapes_match_diffusers():
-    ref, ours = reference_and_ours(ModelConfig.preset("sd-v1").vae, std=0.02)
+    ref, ours = reference_and_ours(ModelConfig.preset("sd-v1").vae, std=0.02, kwargs=reference_kwargs("vae", "sd-v1"))
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
