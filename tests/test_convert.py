@@ -58,7 +58,7 @@ def test_never_overwrites_without_force_and_writes_nothing_on_error(tmp_path, ti
     (tmp_path / "out.safetensors").write_bytes(b"mine")
     config = Path(__file__).parents[1] / "configs" / "tiny.json"
     refused = convert(tmp_path / "a.ckpt", tmp_path / "out.safetensors", "--config", config)
-    assert refused.returncode == 2 and "--force" in refused.stderr
+    assert refused.returncode == 2 and "--force" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     assert (tmp_path / "out.safetensors").read_bytes() == b"mine"
     assert convert(tmp_path / "a.ckpt", tmp_path / "out.safetensors", "--config", config, "--force").returncode == 0
     assert_loaded_exactly(load_model(tmp_path / "out.safetensors"), tensors)
@@ -66,6 +66,7 @@ def test_never_overwrites_without_force_and_writes_nothing_on_error(tmp_path, ti
     before = sorted(p.name for p in tmp_path.iterdir())
     failed = convert(tmp_path / "bad.ckpt", tmp_path / "new.safetensors")
     assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "bad.ckpt" in failed.stderr and "Traceback" not in failed.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 

@@ -30,3 +30,25 @@ def test_freed_heap_pages_are_returned():
     out = subprocess.run([sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True).stdout.split()
     assert out[0] == "True"
     assert float(out[1]) > 100  # MiB of the 128 freed
+
+
+def test_the_generation_step_releases_after_each_banded_block_and_only_while_it_asks():
+    import torch
+
+    from ldm.cpu import heap
+    from ldm.cpu.banded import BandedResnetBlock, in_bands
+    from ldm.models.vae import ResnetBlock
+
+    block = BandedResnetBlock.replacing(ResnetBlock(32, 32, 8)).eval()
+    model = torch.nn.Sequential(block, block)
+    calls = []
+    original, heap.release_free_memory = heap.release_free_memory, lambda: calls.append(1) or True
+    try:
+        with torch.no_grad():
+            with heap.released_after_each(model, BandedResnetBlock, when=in_bands):
+                model(torch.randn(1, 32, 8, 8))  # too small for bands: nothing to release
+                model(torch.randn(1, 32, 130, 8))  # in bands: after each block
+            model(torch.randn(1, 32, 130, 8))  # the hooks are gone
+    finally:
+        heap.release_free_memory = original
+    assert calls == [1, 1]

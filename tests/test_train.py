@@ -95,7 +95,8 @@ def test_a_tiny_v_prediction_run_writes_a_loadable_model_and_resumes(tmp_path, m
 )
 def test_bad_training_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.setattr(sys, "argv", ["train.py", "--run", str(tmp_path / "run"), *flags])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exited:
         train.main()
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from ldm.checkpoints.convert import describe, model_config, prepare, write_diffusers_folder, write_single_file
 from ldm.checkpoints.read import read_checkpoint
+from ldm.cli.parser import OneLineParser
 from ldm.config import ModelConfig
 from ldm.errors import LdmError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", type=Path, help="a .safetensors, .ckpt/.pt/.bin file or a diffusers folder")
     parser.add_argument("dst", type=Path, help="the file or folder to write")
     parser.add_argument("--to", choices=("single", "diffusers"), help="output layout (default: from DST's name)")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             write_diffusers_folder(tensors, args.dst, config, force=args.force)
     except LdmError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"convert.py: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.dst} ({to}): {describe(tensors)}")
     return 0

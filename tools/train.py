@@ -30,6 +30,7 @@ import scenes  # noqa: E402
 from ldm.checkpoints.build import load_model
 from ldm.checkpoints.convert import write_single_file  # noqa: E402
 from ldm.checkpoints.read import PREFIXES  # noqa: E402
+from ldm.cli.parser import OneLineParser
 from ldm.config import PREDICTION_TYPES, ModelConfig, TextEncoderConfig, UNetConfig, VAEConfig  # noqa: E402
 from ldm.models.text_encoder import TextEncoder  # noqa: E402
 from ldm.models.unet import UNetModel  # noqa: E402
@@ -215,7 +216,7 @@ def train_diffusion(unet, text_encoder, latents, dataset, scale, args, run: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("weights/ldm-shapes.safetensors"))
     parser.add_argument("--run", type=Path, default=Path("runs/ldm-shapes"), help="resumable training state")
     parser.add_argument("--vae-steps", type=int, default=600)

@@ -6,14 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ldm.cli.parser import OneLineParser
 from ldm.errors import LdmError
 
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, as for every other bad input
-        self.exit(2, f"ldm-txt2img: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ldm.runtime.offload import MODES
     from ldm.sampling.samplers import SPECS
 
-    p = _Parser(prog="ldm-txt2img", description="Generate images from a text prompt with a Stable Diffusion v1 model.")
+    p = OneLineParser(
+        prog="ldm-txt2img", description="Generate images from a text prompt with a Stable Diffusion v1 model."
+    )
     p.add_argument("--prompt", required=True, help="what the image should show")
     p.add_argument("--negative-prompt", default="", help="what it should not show")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 50 for SD v1)")

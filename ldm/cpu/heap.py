@@ -4,14 +4,18 @@ glibc keeps memory freed in the middle of its heap resident until something asks
 a 512x512 generation's heap holds 0.1-0.3 GiB of the U-Net's freed activations, and the VAE decode that
 follows needs its own large buffers on top: the process's peak RSS. `malloc_trim(0)` returns those pages;
 they refault, zero-filled, only if used again. It acts on the whole process (glibc locks and trims every
-arena), so the generation step decides when: once, after sampling (ldm/generate/txt2img.py); no module
-calls it from its forward.
+arena), so the generation step decides when: after sampling, and after each banded VAE block of its decode
+(ldm/generate/pipeline.py); no module calls it from its own forward.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from torch import Tensor, nn
 
 
 @functools.cache
@@ -30,3 +34,23 @@ def release_free_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+@contextmanager
+def released_after_each(model: nn.Module, kind: type[nn.Module], when: Callable[[Tensor], bool]) -> Iterator[None]:
+    """Within the block, free heap pages go back after each `kind` module of `model` whose input passes `when`.
+
+    For the caller that owns the process's memory at that moment (the generation step, one at a time): the VAE's
+    banded ResnetBlocks (ldm/cpu/banded.py) leave many band-sized buffers that glibc would keep through the
+    decode, where a generation peaks. The modules themselves never release anything."""
+
+    def release(module: nn.Module, args: tuple, output: Tensor) -> None:
+        if when(args[0]):
+            release_free_memory()
+
+    handles = [m.register_forward_hook(release) for m in model.modules() if isinstance(m, kind)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -22,6 +22,8 @@ from PIL import Image
 from ldm.checkpoints.build import Model, load_model
 from ldm.checkpoints.hashing import model_hash
 from ldm.config import ModelConfig
+from ldm.cpu.banded import BandedResnetBlock, in_bands
+from ldm.cpu.heap import released_after_each
 from ldm.cpu.swap_in import swap_in, swap_out
 from ldm.errors import ConfigError, LdmError
 from ldm.generate.request import GenerationRequest
@@ -239,6 +241,12 @@ class Pipeline:
         return image.float()
 
     def _decode(self, z: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
+        if self.device.type != "cpu":
+            return self._decode_all(z, tiling, slicing)
+        with released_after_each(self.model.vae, BandedResnetBlock, when=in_bands):  # the decode is the peak
+            return self._decode_all(z, tiling, slicing)
+
+    def _decode_all(self, z: torch.Tensor, tiling: bool, slicing: bool) -> torch.Tensor:
         decode = self.model.vae.decode
         if tiling:
             decode = partial(tiled_decode, self.model.vae.decode, scale=self.model.config.vae.downscale)
