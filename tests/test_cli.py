@@ -103,7 +103,19 @@ def test_each_error_path_exits_2_one_line_no_traceback_no_file(checkpoint, bad_f
 
 
 def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
-    args = [*base_args(checkpoint, tmp_path / "out"), "--prompt", "x", "--steps", "1000", "--sampler", "euler"]
+    args = [
+        *base_args(checkpoint, tmp_path / "out"),
+        "--prompt",
+        "x",
+        "--steps",
+        "1000",
+        "--sampler",
+        "euler",
+        "--width",
+        "512",
+        "--height",
+        "512",
+    ]  # minutes of sampling: the interrupt lands in the middle
     args.remove("--quiet")  # the progress bar says when sampling has begun
     with subprocess.Popen([sys.executable, "-m", "ldm.cli.txt2img", *args], stderr=subprocess.PIPE, text=True) as p:
         seen = ""
