@@ -54,16 +54,22 @@ def assert_same(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tens
         assert torch.equal(t, value), name
 
 
-def test_same_tensors_each_storage_on_its_own_mapping(saved):
+@needs_proc
+@pytest.mark.parametrize(("plain_below", "mappings"), [(0, 5), (PLAIN_READ_BELOW, 0)], ids=["mapped", "plain"])
+def test_same_tensors_each_storage_on_its_own_mapping_or_in_memory(saved, monkeypatch, plain_below, mappings):
+    """Mapped: f32, f16, big, i64, flags each on a mapping, torch's whole-file one gone. Under the threshold (an
+    embedding or a LoRA saved by torch): no mapping at all, each storage its own memory."""
+    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", plain_below)
     path, expected = saved
     tensors, shared = read_pickle_checkpoint(path)
     assert not shared
     assert_same(tensors, expected)
     assert tensors["rows"].untyped_storage().data_ptr() == tensors["big"].untyped_storage().data_ptr()
     gc.collect()
-    assert mappings_of(path) == 5  # f32, f16, big, i64, flags: torch's whole-file mapping is gone
+    assert mappings_of(path) == mappings
 
 
+@needs_proc
 def test_writes_stay_in_memory_and_dropping_a_storage_unmaps_it(saved):
     path, _ = saved
     tensors, _ = read_pickle_checkpoint(path)
@@ -73,19 +79,6 @@ def test_writes_stay_in_memory_and_dropping_a_storage_unmaps_it(saved):
     del tensors["big"], tensors["rows"], tensors["transposed"]
     gc.collect()
     assert mappings_of(path) == before - 1
-
-
-@needs_proc
-def test_a_file_under_the_threshold_is_read_into_memory(saved, monkeypatch):
-    """An embedding or a LoRA saved by torch: no mapping at all, each storage its own memory."""
-    monkeypatch.setattr(mapped_safetensors, "PLAIN_READ_BELOW", PLAIN_READ_BELOW)
-    path, expected = saved
-    tensors, shared = read_pickle_checkpoint(path)
-    assert not shared
-    assert_same(tensors, expected)
-    assert tensors["rows"].untyped_storage().data_ptr() == tensors["big"].untyped_storage().data_ptr()
-    gc.collect()
-    assert mappings_of(path) == 0
 
 
 @needs_proc
