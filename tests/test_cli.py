@@ -131,6 +131,26 @@ def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+def test_an_interrupt_while_the_bar_is_drawn_still_ends_on_its_own_line(checkpoint, tmp_path, monkeypatch, capsys):
+    """The race a clean-clone CI run hit: Ctrl-C lands inside the bar's first draw, before the `with` owns it."""
+    import ldm.generate.txt2img as txt2img_module
+    from ldm.cli.txt2img import main
+
+    class InterruptedBar(txt2img_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(txt2img_module, "tqdm", InterruptedBar)
+    args = [*base_args(checkpoint, tmp_path / "out"), "--prompt", "x"]
+    args.remove("--quiet")
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "sampling" in err  # the bar was drawn
+    last = [line.strip() for line in re.split(r"[\r\n]", err) if line.strip()][-1]
+    assert last == "ldm-txt2img: interrupted"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

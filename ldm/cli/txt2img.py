@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldm-txt2img: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ldm-txt2img: interrupted", file=sys.stderr)
-        return 130
+        pass
+    # Said after the except block, once the traceback is gone: a progress bar the interrupt caught half built is
+    # freed, and clears its line, before this line is written.
+    print("ldm-txt2img: interrupted", file=sys.stderr)
+    return 130
 
 
 def run(args: argparse.Namespace) -> int:
