@@ -82,3 +82,41 @@ def test_offloaded_pipeline_makes_the_same_image(tmp_path, mode):
     assert np.abs(make(offload=mode) - make()).max() <= 1
     with pytest.raises(ConfigError, match="unknown offload mode"):
         Pipeline.load(path, offload="disk")
+
+
+def test_an_offloaded_pipeline_lends_each_model_while_it_computes_and_gets_it_back_intact(tmp_path):
+    """Model offload through the pipeline's own paths, with weights that really move: the meta device stands in for
+    a GPU where the pipeline's code can compute on it (encode, decode), and a CPU generation shows that the U-Net is
+    lent for sampling too. Every weight comes home as the same CPU tensor with the same values."""
+    from helpers import E2E, random_model
+
+    from ldm.checkpoints.convert import write_single_file
+
+    path = write_single_file(random_model(E2E), tmp_path / "m.safetensors", E2E)
+    pipe = Pipeline.load(path, device="cpu", offload="model")
+    names = ("text_encoder", "unet", "vae")
+    homes = {n: dict(getattr(pipe.model, n).named_parameters()) for n in names}
+    values = {n: {k: p.detach().clone() for k, p in params.items()} for n, params in homes.items()}
+    active = []  # (component, whether it was the one lent to the device) at each forward
+    for n, module in (
+        ("text_encoder", pipe.model.text_encoder),
+        ("unet", pipe.model.unet),
+        ("vae", pipe.model.vae.decoder),
+    ):
+        owner = getattr(pipe.model, n)
+        module.register_forward_pre_hook(
+            lambda m, a, n=n, owner=owner: active.append((n, pipe.offload.active == id(owner)))
+        )
+    pipe("a cat", steps=2, seed=1, width=64, height=64, progress=False)
+    assert {n for n, _ in active} == set(names) and all(ok for _, ok in active)
+
+    pipe.offload.device = pipe.device = torch.device("meta")
+    context = pipe.encode(["a dog"], clip_skip=1)
+    lent = {p.device.type for p in pipe.model.text_encoder.parameters()}
+    image = pipe.decode(torch.zeros(1, E2E.vae.z_channels, 8, 8, device="meta"))
+    assert context.device.type == image.device.type == "meta" and lent == {"meta"}
+    assert {p.device.type for p in pipe.model.text_encoder.parameters()} == {"cpu"}  # sent home when the VAE came
+    pipe.offload.send_home()
+    for n in names:
+        for k, p in getattr(pipe.model, n).named_parameters():
+            assert p is homes[n][k] and torch.equal(p, values[n][k]), f"{n}.{k}"

@@ -233,7 +233,7 @@ class Pipeline:
         z = latents / self.model.config.vae.scale_factor
         self.activate(self.model.vae)
         image = self._decode(z.to(self.vae_dtype), tiling, slicing)
-        if not torch.isfinite(image).all() and self.vae_dtype != torch.float32:
+        if self.vae_dtype != torch.float32 and not torch.isfinite(image).all():
             with self.lock:  # float16 overflowed: this VAE decodes in float32 from now on (as diffusers upcasts)
                 self.model.vae.float()
                 self.vae_dtype = torch.float32
