@@ -54,3 +54,16 @@ def test_eval_renders_at_the_scene_size_whatever_the_checkpoint_defaults(tmp_pat
     result, images = evaluation.evaluate(Pipeline.load(copy), targets, sampler="ddim", steps=2, guidance=7.5)
     assert [im.size for im in images] == [(scenes.SIZE, scenes.SIZE)] * 2
     assert set(result) >= {"colour", "shape", "position", "size", "all"}
+
+
+def test_the_inpainting_eval_asks_for_a_new_object_and_counts_untouched_pixels():
+    from ldm import Pipeline
+
+    targets = [s for s, _ in scenes.sample(2, seed=3)]
+    new = evaluation.replacement(targets[0], 0)
+    assert (new.colour, new.shape) != (targets[0].colour, targets[0].shape) and new.position == targets[0].position
+    mask = np.asarray(evaluation.object_mask(targets[0]))
+    thing = targets[0].things[0]
+    assert mask[round(thing.cy), round(thing.cx)] == 255 and mask.mean() < 255 * 0.5
+    result, images = evaluation.evaluate_inpainting(Pipeline.load(), targets, sampler="ddim", steps=2)
+    assert result["kept"] == 1.0 and len(images) == 2 and set(result) >= {"colour", "shape", "all"}

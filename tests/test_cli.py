@@ -68,7 +68,7 @@ def test_a_random_seed_is_recorded_when_none_is_given(checkpoint, tmp_path):
 
 @pytest.fixture(scope="module")
 def bad_files(tmp_path_factory):
-    """A corrupt checkpoint, a config with an unknown field, and a 9-channel (inpainting) model."""
+    """A corrupt checkpoint, a config with an unknown field, and a 9-channel (inpainting) model (which works)."""
     folder = tmp_path_factory.mktemp("bad")
     (folder / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     (folder / "config.json").write_text('{"unet": {"model_channels": 32, "wings": 2}}')
@@ -90,7 +90,9 @@ def bad_files(tmp_path_factory):
         (["--eta", "0.5", "--sampler", "euler"], "takes no eta"),
         (["--checkpoint", "{bad}/corrupt.safetensors"], "corrupt.safetensors"),
         (["--config", "{bad}/config.json"], "wings"),
-        (["--checkpoint", "{bad}/inpaint.safetensors"], "inpainting model"),
+        (["--hires-scale", "0.5"], "hires scale must be"),
+        (["--hires-resize", "1000x"], "is not WxH"),
+        (["--hires-scale", "2", "--hires-strength", "0"], "strength must be above 0"),
     ],
 )
 def test_each_error_path_exits_2_one_line_no_traceback_no_file(checkpoint, bad_files, tmp_path, args, message):
@@ -100,6 +102,21 @@ def test_each_error_path_exits_2_one_line_no_traceback_no_file(checkpoint, bad_f
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.startswith("ldm-txt2img: error: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_inpainting_model_makes_txt2img_images_and_the_hires_fix_is_recorded(checkpoint, bad_files, tmp_path):
+    args = base_args(bad_files / "inpaint.safetensors", tmp_path / "inpainted")
+    result = run(*args, "--prompt", "x", "--seed", "4")
+    assert result.returncode == 0 and result.stdout.strip().endswith("-4.png"), result.stderr
+    refused = run(*args, "--prompt", "x", "--hires-scale", "2")
+    assert refused.returncode == 2 and "hires fix needs an ordinary" in refused.stderr
+    args = base_args(checkpoint, tmp_path / "out")
+    result = run(*args, "--prompt", "x", "--seed", "4", "--hires-scale", "1.5", "--hires-steps", "2")
+    assert result.returncode == 0, result.stderr
+    with Image.open(result.stdout.split()[0]) as image:
+        assert image.size == (96, 72)
+        recorded = GenerationRequest.from_infotext(image.text["parameters"])
+    assert (recorded.width, recorded.hires_scale, recorded.hires_steps, recorded.strength) == (64, 1.5, 2, 0.7)
 
 
 def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
@@ -133,7 +150,7 @@ def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
 
 def test_an_interrupt_while_the_bar_is_drawn_still_ends_on_its_own_line(checkpoint, tmp_path, monkeypatch, capsys):
     """The race a clean-clone CI run hit: Ctrl-C lands inside the bar's first draw, before the `with` owns it."""
-    import ldm.generate.txt2img as txt2img_module
+    import ldm.generate.denoise as txt2img_module
     from ldm.cli.txt2img import main
 
     class InterruptedBar(txt2img_module.tqdm):

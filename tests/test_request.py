@@ -99,16 +99,15 @@ def test_real_automatic1111_texts_are_read_and_unknown_fields_kept():
     assert new.negative_prompt == "lowres, bad anatomy, (worst quality:1.4)"
     assert (new.steps, new.sampler, new.karras, new.guidance, new.seed) == (28, "dpmpp_2m", True, 7.0, 3862146123)
     assert (new.width, new.height, new.clip_skip) == (512, 768, 2)
+    assert (new.strength, new.hires_scale, new.hires_upscaler, new.hires_steps) == (0.5, 2, "Latent", 0)
     assert new.extra == {
         "Model hash": "6ce0161689",
         "Model": "v1-5-pruned-emaonly",
-        "Denoising strength": "0.5",
-        "Hires upscale": "2",
-        "Hires upscaler": "Latent",
         "Lora hashes": "add_detail: 7c6bad76eb54",
         "Version": "v1.9.4",
     }
     rewritten = new.to_infotext()
+    assert "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent, Lora hashes" in rewritten
     assert 'Lora hashes: "add_detail: 7c6bad76eb54"' in rewritten and "Version: v1.9.4" in rewritten
     assert GenerationRequest.from_infotext(rewritten) == new
 
@@ -138,3 +137,23 @@ def test_a_random_seed_is_drawn_per_request_not_from_the_random_module():
     first = GenerationRequest(prompt="x").with_seed().seed
     random.seed(0)
     assert GenerationRequest(prompt="x").with_seed().seed != first
+
+
+def test_image_settings_round_trip_in_a1111s_words_and_bad_ones_are_clear():
+    inpaint = GenerationRequest(prompt="x", seed=1, strength=0.6, mask_blur=4, mask_invert=True,
+                                inpaint_full_res=True, inpaint_padding=48, inpainting_fill="latent-noise")  # fmt: skip
+    text = inpaint.to_infotext()
+    assert "Denoising strength: 0.6, Mask blur: 4, Mask mode: Inpaint not masked, Masked content: latent noise" in text
+    assert "Inpaint area: Only masked, Masked area padding: 48" in text
+    hires = GenerationRequest(prompt="x", seed=1, strength=0.7, hires_resize=(1024, 0), hires_steps=10,
+                              hires_upscaler="Latent (bicubic antialiased)")  # fmt: skip
+    assert "Hires resize: 1024x0, Hires steps: 10, Hires upscaler: Latent (bicubic antialiased)" in hires.to_infotext()
+    for request in (inpaint, hires, GenerationRequest(prompt="x", seed=1, strength=0.3, resize_mode="crop")):
+        assert GenerationRequest.from_infotext(request.to_infotext()) == request
+    assert "Denoising" not in GenerationRequest(prompt="x", seed=1).to_infotext()  # txt2img writes none of them
+    bad_settings = [({"strength": 1.5}, "strength must be"), ({"resize_mode": "stretch"}, "resize mode"),
+                    ({"hires_upscaler": "ESRGAN_4x"}, "hires upscaler"), ({"hires_resize": (1004, 0)}, "multiples"),
+                    ({"inpainting_fill": "noise"}, "inpainting fill"), ({"mask_blur": -1}, "mask blur")]  # fmt: skip
+    for bad, message in bad_settings:
+        with pytest.raises(ConfigError, match=message):
+            GenerationRequest(prompt="x", **bad)

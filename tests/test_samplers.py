@@ -77,6 +77,76 @@ def test_matches_diffusers(name, karras):
         assert rel_error(ours, ref) <= 1e-5, (name, karras, steps)
 
 
+def diffusers_img2img(name: str, steps: int, karras: bool, seed: int, strength: float, init: torch.Tensor):
+    """StableDiffusionImg2ImgPipeline's loop around the scheduler: get_timesteps, add_noise, then the steps."""
+    import diffusers
+
+    cls, extra = REFERENCE[name]
+    scheduler = getattr(diffusers, cls).from_config(
+        SD15_SCHEDULER, **extra, **({"use_karras_sigmas": True} if karras else {})
+    )
+    scheduler.set_timesteps(steps)
+    kept = min(int(steps * strength), steps)
+    start = max(steps - kept, 0)
+    timesteps = scheduler.timesteps[start * scheduler.order :]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * scheduler.order)
+    gens = generators(seed)
+    noise = torch.cat([torch.randn((1, 4, 8, 8), generator=g) for g in gens])
+    x = scheduler.add_noise(init, noise, timesteps[:1].repeat(2))
+    for t in timesteps:
+        eps = toy_eps(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(eps, t, x, **({"generator": gens} if name in STOCHASTIC else {})).prev_sample
+    return x
+
+
+def our_img2img(name: str, steps: int, karras: bool, seed: int, strength: float, init: torch.Tensor):
+    plan = samplers.plan(name, steps, karras=karras).from_strength(strength)
+    gens = generators(seed)
+
+    def denoiser(x, sigma):
+        return x - sigma * toy_eps(x / (sigma**2 + 1) ** 0.5, plan.timestep(sigma))
+
+    noise = samplers.initial_noise((2, 4, 8, 8), gens)
+    return samplers.run(plan, denoiser, noise, init=init, generators=gens)
+
+
+@pytest.mark.parametrize(("name", "karras"), CASES)
+def test_img2img_matches_diffusers_at_every_strength(name, karras):
+    init = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(9)) * 0.8
+    for steps, strength in ((10, 0.1), (10, 0.5), (10, 0.999), (10, 1.0), (7, 0.3), (20, 0.95), (100, 0.29), (2, 0.5)):
+        ours = our_img2img(name, steps, karras, 4, strength, init)
+        ref = diffusers_img2img(name, steps, karras, 4, strength, init)
+        assert rel_error(ours, ref) <= 1e-5, (name, karras, steps, strength)
+
+
+def test_img2img_runs_the_steps_diffusers_runs_and_refuses_strengths_that_run_none():
+    # diffusers' get_timesteps: int(steps * strength) steps; PNDM one more model call, from one grid point higher.
+    assert samplers.plan("euler", 20).from_strength(0.5).steps_run == 10
+    assert samplers.plan("euler", 100).from_strength(0.29).steps_run == 28  # int(100 * 0.29) = 28
+    ddim, plms = samplers.plan("ddim", 20).from_strength(0.5), samplers.plan("plms", 20).from_strength(0.5)
+    assert ddim.timestep(torch.tensor(ddim.start_sigma)) == 451 and plms.timestep(torch.tensor(plms.start_sigma)) == 501
+    assert len(plms.calls) == 11 and plms.steps_run == 10
+    with pytest.raises(ConfigError, match="use a strength of at least 0.1"):
+        samplers.plan("euler", 10).from_strength(0.05)
+    with pytest.raises(ConfigError, match="strength must be between 0 and 1"):
+        samplers.plan("euler", 10).from_strength(1.5)
+
+
+def test_a_callback_can_replace_the_latents_between_steps():
+    seen = []
+
+    def keep_zero(i, n, x):
+        seen.append(i)
+        return torch.zeros_like(x)
+
+    for name in ("euler", "plms", "dpmpp_2m"):
+        seen.clear()
+        plan = samplers.plan(name, 4)
+        out = samplers.run(plan, lambda x, s: x * 0.5, torch.ones(1, 4, 2, 2), callback=keep_zero)
+        assert seen == [0, 1, 2, 3] and torch.equal(out, torch.zeros_like(out)), name
+
+
 def test_ddim_with_eta_matches_diffusers():
     assert rel_error(our_sample("ddim", 10, False, 5, eta=0.7), diffusers_sample("ddim", 10, False, 5, eta=0.7)) <= 1e-5
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ldm.cli.parser import OneLineParser
 from ldm.errors import LdmError
@@ -13,13 +15,34 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ldm.generate.image_settings import UPSCALERS
+
+    p = common_parser("ldm-txt2img", "Generate images from a text prompt with a Stable Diffusion v1 model.")
+    hires = p.add_argument_group("hires fix (AUTOMATIC1111's second pass at a larger size)")
+    hires.add_argument("--hires-scale", type=float, help="upscale the first image by this much and refine it")
+    hires.add_argument(
+        "--hires-resize", type=_size, help="WxH for the second pass instead of a scale (W or H may be 0)"
+    )
+    hires.add_argument("--hires-steps", type=int, help="steps of the second pass (default: --steps)")
+    hires.add_argument("--hires-strength", type=float, help="denoising strength of the second pass (default 0.7)")
+    hires.add_argument("--hires-upscaler", choices=UPSCALERS, help="latent modes or pixel resizers (default Latent)")
+    return p
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not WxH, e.g. 1024x768")
+    return int(w), int(h)
+
+
+def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every ldm generation command takes."""
     from ldm.models.attention import BACKENDS
     from ldm.runtime.offload import MODES
     from ldm.sampling.samplers import SPECS
 
-    p = OneLineParser(
-        prog="ldm-txt2img", description="Generate images from a text prompt with a Stable Diffusion v1 model."
-    )
+    p = OneLineParser(prog=prog, description=description)
     p.add_argument("--prompt", required=True, help="what the image should show")
     p.add_argument("--negative-prompt", default="", help="what it should not show")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 50 for SD v1)")
@@ -34,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-iter", type=int, default=1, help="how many batches to make, one after another")
     p.add_argument("--checkpoint", type=Path, help="a .safetensors/.ckpt file or diffusers folder (default: built-in)")
     p.add_argument("--config", type=Path, help="model config JSON for a non-standard checkpoint")
-    p.add_argument("--outdir", type=Path, default=Path("outputs/txt2img"), help="where PNGs go")
+    p.add_argument("--outdir", type=Path, default=Path("outputs") / prog.removeprefix("ldm-"), help="where PNGs go")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--dtype", choices=DTYPES, help="weights dtype (default: float16 on cuda, float32 on cpu)")
     p.add_argument("--attention", choices=BACKENDS, help="attention backend")
@@ -48,21 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return execute(build_parser(), argv)
+
+
+def execute(parser: argparse.ArgumentParser, argv: list[str] | None, inputs: Inputs | None = None) -> int:
+    """Parse, run, and turn every error into one line (exit 2) and Ctrl-C into exit 130."""
+    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run(args, inputs)
     except LdmError as e:
-        print(f"ldm-txt2img: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass
     # Said after the except block, once the traceback is gone: a progress bar the interrupt caught half built is
     # freed, and clears its line, before this line is written.
-    print("ldm-txt2img: interrupted", file=sys.stderr)
+    print(f"{parser.prog}: interrupted", file=sys.stderr)
     return 130
 
 
-def run(args: argparse.Namespace) -> int:
+# Reads the command's pictures (init image, mask) and the settings they bring, before the model loads.
+Inputs = Callable[[argparse.Namespace], tuple[Any, Any, dict[str, Any]]]
+
+
+def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
     import torch
 
     from ldm.generate.pipeline import Pipeline
@@ -71,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_iter < 1 or args.batch_size < 1:
         raise LdmError("--batch-size and --n-iter must be at least 1")
     _check_outdir(args.outdir)
+    image, mask, image_settings = inputs(args) if inputs is not None else (None, None, _hires_settings(args))
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
                          offload=args.offload, compile=args.compile)  # fmt: skip
@@ -90,13 +123,24 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
-    ).with_seed()
+        **image_settings,
+    )
+    if image is not None and args.width is None and args.height is None:
+        from ldm.generate.image_input import default_size
+
+        request = request.replace(**dict(zip(("width", "height"), default_size(image), strict=True)))
+    request = request.with_seed()
     for _ in range(args.n_iter):
-        result = pipe.generate(request, progress=not args.quiet)
+        result = pipe.generate(request, image=image, mask=mask, progress=not args.quiet)
         for image, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
             print(save_png(image, args.outdir, seed, infotext))
         request = request.replace(seed=request.seed + args.batch_size)
     return 0
+
+
+def _hires_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hires_scale": args.hires_scale, "hires_resize": args.hires_resize, "hires_steps": args.hires_steps,
+            "strength": args.hires_strength, "hires_upscaler": args.hires_upscaler}  # fmt: skip
 
 
 def _check_outdir(outdir: Path) -> None:

@@ -176,19 +176,63 @@ class Pipeline:
         self,
         request: GenerationRequest,
         *,
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
         latents: torch.Tensor | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
         progress: bool = True,
     ) -> Result:
         """Run `request`: images, their seeds and infotexts, and the final latents.
 
-        latents: start from these (B, 4, H/8, W/8) instead of seeded noise. callback(step, total, latents) after
-        each step. progress: a tqdm bar on stderr.
+        image: img2img from it (ldm/generate/img2img.py); with mask, inpaint where the mask is white. latents:
+        txt2img from these (B, 4, H/8, W/8) instead of seeded noise. callback(step, total, latents) after each step.
+        progress: a tqdm bar on stderr. A request with hires_scale or hires_resize adds the hires fix's second pass.
         """
+        from ldm.generate.hires import hires_fix
+        from ldm.generate.image_settings import hires
+        from ldm.generate.img2img import img2img, is_inpainting_model
         from ldm.generate.txt2img import txt2img
 
         with self.lock:
+            if hires(request) and (image is not None or is_inpainting_model(self)):
+                raise ConfigError("the hires fix needs an ordinary model and no init image (it is txt2img's 2nd pass)")
+            if image is None and is_inpainting_model(self) and latents is None:
+                # A1111's txt2img on an inpainting model: all of a blank picture repainted
+                image = Image.new("RGB", (request.width, request.height), (127, 127, 127))
+                request = request.replace(strength=1.0)
+            if image is not None:
+                return img2img(self, request, image, mask, callback=callback, progress=progress)
+            if hires(request):
+                return hires_fix(self, request, latents=latents, callback=callback, progress=progress)
             return txt2img(self, request, latents=latents, callback=callback, progress=progress)
+
+    def img2img(self, image: Image.Image, prompt: str | list[str], *, strength: float = 0.75, **settings: Any):
+        """Images from `image` and a prompt (diffusers' img2img; settings as `pipe(...)` and GenerationRequest).
+        Width and height default to the image's size, floored to multiples of 8."""
+        return self._from_image(image, None, prompt, strength, settings).images
+
+    def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | list[str], *, strength: float = 1.0,
+                **settings: Any) -> list[Image.Image]:  # fmt: skip
+        """Repaint `image` where `mask` is white (a 9-channel inpainting model, or any model); the rest is kept."""
+        return self._from_image(image, mask, prompt, strength, settings).images
+
+    def _from_image(self, image, mask, prompt, strength, settings) -> Result:
+        callback, progress = settings.pop("callback", None), settings.pop("progress", True)
+        if settings.get("width") is None and settings.get("height") is None:
+            from ldm.generate.image_input import default_size
+
+            settings["width"], settings["height"] = default_size(image)
+        request = self.request(prompt=prompt, strength=strength, **settings)
+        return self.generate(request, image=image, mask=mask, callback=callback, progress=progress)
+
+    def encode_image(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """(1, 3, H, W) in [-1, 1] -> (len(generators), 4, H/8, W/8) latents, each a sample of the VAE's posterior
+        drawn from its own generator (as diffusers encodes an init image), times the scale factor; float32, CPU."""
+        self.activate(self.model.vae)
+        vae_dtype = self.vae_dtype
+        posterior = self.model.vae.encode(pixels.to(self.device, vae_dtype))
+        samples = torch.cat([posterior.sample(g) for g in generators])
+        return samples.float().cpu() * self.model.config.vae.scale_factor
 
     def __call__(
         self,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ldm.errors import ConfigError
+from ldm.generate.image_settings import check_image_settings, image_fields, read_image_fields
 from ldm.outputs.infotext import format_infotext, parse_infotext
 from ldm.sampling import samplers
 
@@ -40,6 +41,18 @@ class GenerationRequest:
     batch_size: int = 1  # images per prompt
     vae_tiling: bool = False  # decode in overlapping tiles: large images in bounded memory
     vae_slicing: bool = False  # decode a batch one image at a time
+    # Image-conditioned generation (ldm/generate/img2img.py); None where a kind of generation does not use it.
+    strength: float | None = None  # A1111's denoising strength: img2img, inpainting, and the hires fix's pass
+    resize_mode: str = "just-resize"  # how an init image of another size is fitted (A1111's 0, 1, 2)
+    mask_blur: int | None = None  # inpainting: Gaussian blur of the mask, in pixels (A1111's default is 4)
+    mask_invert: bool = False  # inpainting: black repaints, white keeps
+    inpaint_full_res: bool = False  # inpainting "only masked": sample the mask's box at full size, paste it back
+    inpaint_padding: int = 32  # pixels around the mask's box, "only masked"
+    inpainting_fill: str = "original"  # what a 4-channel model starts from under the mask
+    hires_scale: float | None = None  # the hires fix: a second pass at this scale (or hires_resize)
+    hires_resize: tuple[int, int] | None = None  # the hires fix's target width and height instead of a scale
+    hires_steps: int = 0  # steps of the hires pass; 0: the same as the first pass
+    hires_upscaler: str = "Latent"  # A1111's upscaler names: the Latent modes, Lanczos, Nearest
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # infotext fields ldm does not use
 
     def __post_init__(self) -> None:
@@ -60,6 +73,7 @@ class GenerationRequest:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         samplers.check(self.sampler, self.steps, karras=self.karras, eta=self.eta)
+        check_image_settings(self)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -101,6 +115,7 @@ class GenerationRequest:
             "Model": model.get("model"),
             KEYS["clip_skip"]: self.clip_skip if self.clip_skip != 1 else None,
             KEYS["eta"]: self.eta if self.eta else None,
+            **image_fields(self),
         }
         fields.update((k, v) for k, v in self.extra.items() if k not in fields or fields[k] is None)
         return format_infotext(prompts[index], negatives[index], fields)
@@ -129,6 +144,7 @@ class GenerationRequest:
                 given["width"], given["height"] = int(width), int(height)
             if "Clip skip" in fields:
                 given["clip_skip"] = int(fields.pop("Clip skip"))
+            given.update(read_image_fields(fields))
             if "Eta" in fields and "eta" in samplers.SPECS[given.get("sampler", cls.sampler)].options:
                 given["eta"] = float(fields.pop("Eta"))  # A1111 writes an eta for samplers that ignore it too
         except ValueError as e:

@@ -8,6 +8,7 @@ sigmas, same starting latents and the same noise draws for a CPU generator of th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from ldm.errors import ConfigError
 from ldm.sampling import schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
-Callback = Callable[[int, int, Tensor], None]  # (step, total, x)
+# (step, total, x) after each step; what it returns (if not None) replaces x: inpainting puts the kept region back.
+Callback = Callable[[int, int, Tensor], Tensor | None]
 Generators = list[torch.Generator] | None  # one per batch element, so each image reproduces alone
 
 
@@ -36,7 +38,7 @@ class Spec:
     vp: bool  # starts from unit-variance noise (DDPM-family, VP solvers) rather than sigma_max-scaled noise
     final_sigma_min: bool = False  # ends at sigma(t=0) instead of 0 (set_alpha_to_one=False)
     rounds_karras: bool = True  # diffusers rounds its Karras timesteps to whole numbers
-    options: tuple[str, ...] = ()  # keyword options of `sample` beyond the grid: "eta", "prediction_type"
+    options: tuple[str, ...] = ()  # keyword options of `sample` beyond the grid: "eta", "prediction_type", "start"
 
 
 DEFAULT_SAMPLER = "plms"  # SD v1.5's scheduler config names PNDMScheduler (with skip_prk_steps: PLMS)
@@ -49,6 +51,8 @@ class Plan:
     name: str
     sigmas: Tensor  # float32
     timesteps: dict[float, float] = field(hash=False)
+    start: int = 0  # img2img enters the grid here (see from_strength)
+    calls: tuple[int, ...] | None = None  # PLMS in img2img: the grid index of each model call (see sample_plms)
 
     @property
     def init_scale(self) -> float:
@@ -56,11 +60,58 @@ class Plan:
         s0 = float(self.sigmas[0])
         return math.sqrt(s0**2 + 1) if SPECS[self.name].vp else s0
 
+    @property
+    def start_sigma(self) -> float:
+        """The noise level sampling begins at: sigma_max, or where img2img enters the grid."""
+        return float(self.sigmas[self.start])
+
+    @property
+    def steps_run(self) -> int:
+        if self.calls is not None:
+            return max(len(self.calls) - 1, 1)  # PLMS's second call completes its first step
+        return len(self.sigmas) - 1 - self.start
+
+    def sigma_after(self, step: int) -> float:
+        """The sigma the latents sit at after `step` (0-based) of this plan's run."""
+        if self.calls is None:
+            return float(self.sigmas[self.start + step + 1])
+        if len(self.calls) == 1:
+            return float(self.sigmas[self.calls[0] + 1])
+        return float(self.sigmas[self.calls[1] if step == 0 else self.calls[step + 1] + 1])
+
+    def from_strength(self, strength: float) -> Plan:
+        """This plan entered part way, as diffusers' img2img does (`get_timesteps`): the last int(steps * strength)
+        steps. The image is noised to the entry sigma (x0 + sigma * noise, every sampler family's add_noise in
+        this variable). PLMS slices diffusers' PNDM timesteps, whose second entry is doubled, so it enters one grid
+        point higher and makes one more model call than the steps it counts, as diffusers does."""
+        steps = len(self.sigmas) - 1
+        if not 0 <= strength <= 1:
+            raise ConfigError(f"strength must be between 0 and 1, got {strength}")
+        kept = min(int(steps * strength), steps)  # the same float product as diffusers, for the same rounding
+        if kept < 1:
+            smallest = math.ceil(1000 / steps) / 1000
+            raise ConfigError(f"strength {strength} runs no step of {steps}; use a strength of at least {smallest}")
+        return self.last_steps(kept)
+
+    def last_steps(self, kept: int) -> Plan:
+        """This plan entered so that its last `kept` steps run (the hires fix runs exactly its steps this way)."""
+        steps = len(self.sigmas) - 1
+        skipped = steps - kept
+        if self.name != "plms":
+            return dataclasses.replace(self, start=skipped)
+        calls = pndm_calls(steps)[skipped:]
+        return dataclasses.replace(self, start=calls[0], calls=calls)
+
     def timestep(self, sigma: Tensor) -> Tensor:
         """The U-Net timestep for a sigma: the grid's own where it has one, else log-sigma interpolation."""
         key = float(sigma.reshape(-1)[0])
         t = self.timesteps.get(key)
         return torch.tensor(float(schedule.sigma_to_t(key)[0]) if t is None else t, dtype=torch.float32)
+
+
+def pndm_calls(steps: int) -> tuple[int, ...]:
+    """Diffusers' PNDM timesteps (skip_prk_steps) as grid indices: 0, 1, 1, 2, ..., steps - 1."""
+    return (0,) if steps == 1 else (0, 1, *range(1, steps))
 
 
 def check(name: str, steps: int, *, karras: bool = False, eta: float = 0.0) -> None:
@@ -118,6 +169,7 @@ def run(
     denoiser: Denoiser,
     noise: Tensor,
     *,
+    init: Tensor | None = None,
     generators: Generators = None,
     eta: float = 0.0,
     callback: Callback | None = None,
@@ -125,15 +177,21 @@ def run(
 ) -> Tensor:
     """Sample from unit `noise` to final latents (in the scale the VAE decodes, as diffusers returns them).
 
+    `init`: img2img's clean starting latents, noised to the plan's entry sigma (`Plan.from_strength`).
     `prediction_type` is what the model behind `denoiser` predicts; only PLMS needs it (see sample_plms).
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"unknown prediction_type {prediction_type!r}; use one of {', '.join(PREDICTION_TYPES)}")
-    x = noise * p.init_scale
+    x = noise * p.init_scale if init is None else init + noise * p.start_sigma
     spec = SPECS[p.name]
-    given = {"eta": eta, "prediction_type": prediction_type}
+    given = {"eta": eta, "prediction_type": prediction_type, "start": p.start}
     options = {option: given[option] for option in spec.options}
-    x = spec.sample(denoiser, x, p.sigmas.to(x.device), generators=generators, callback=callback, **options)
+    sigmas = p.sigmas.to(x.device)
+    if p.calls is not None:
+        options["calls"] = p.calls
+    elif "start" not in options:
+        sigmas = sigmas[p.start :]  # a sampler without memory of the grid before it simply starts later
+    x = spec.sample(denoiser, x, sigmas, generators=generators, callback=callback, **options)
     return x / math.sqrt(float(p.sigmas[-1]) ** 2 + 1)  # back from x0 + sigma * noise to the VP latent
 
 
@@ -141,9 +199,10 @@ def _eps(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _report(callback: Callback | None, i: int, total: int, x: Tensor) -> None:
-    if callback is not None:
-        callback(i, total, x)
+def _report(callback: Callback | None, i: int, total: int, x: Tensor) -> Tensor:
+    """Tell the callback about a finished step; x, or the callback's replacement for it."""
+    replaced = None if callback is None else callback(i, total, x)
+    return x if replaced is None else replaced
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
@@ -152,7 +211,7 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gene
     for i in range(n):
         d = _eps(x, model(x, sigmas[i]), sigmas[i])
         x = x + d * (sigmas[i + 1] - sigmas[i])
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -168,7 +227,7 @@ def sample_euler_a(
         sigma_down = (s_next**2 - sigma_up**2) ** 0.5
         x = x + d * (sigma_down - s)
         x = x + noise_like(x, generators) * sigma_up  # drawn on every step, the last included, as diffusers does
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -184,7 +243,7 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
             x = x + (d + d_next) / 2 * (s_next - s)
         else:
             x = x_euler
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -200,7 +259,7 @@ def sample_dpm2(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
             x = x + _eps(x_mid, model(x_mid, s_mid), s_mid) * (s_next - s)
         else:
             x = x + d * (s_next - s)
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -214,17 +273,22 @@ def lms_coefficient(sigmas: np.ndarray, i: int, order: int, j: int) -> float:
     return float(integral(sigmas[i + 1]) - integral(sigmas[i]))
 
 
-def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
-    """Linear multistep of order 4 (k-diffusion's sample_lms): derivatives through a Lagrange polynomial in sigma."""
+def sample_lms(
+    model: Denoiser, x: Tensor, sigmas: Tensor, *, start: int = 0, generators: Generators = None, callback=None
+) -> Tensor:
+    """Linear multistep of order 4 (k-diffusion's sample_lms): derivatives through a Lagrange polynomial in sigma.
+
+    `start`: the grid index img2img enters at. The polynomial's order counts grid points from the grid's start,
+    not derivatives seen, as diffusers' LMSDiscreteScheduler counts its step index (so a late entry weighs its first
+    derivatives with the coefficients of a longer history)."""
     n = len(sigmas) - 1
     grid = sigmas.double().cpu().numpy()
     history: list[Tensor] = []
-    for i in range(n):
+    for i in range(start, n):
         history = [*history, _eps(x, model(x, sigmas[i]), sigmas[i])][-4:]
-        order = len(history)
-        coefficients = [lms_coefficient(grid, i, order, j) for j in range(order)]
+        coefficients = [lms_coefficient(grid, i, min(i + 1, 4), j) for j in range(len(history))]
         x = x + sum(c * d for c, d in zip(coefficients, reversed(history), strict=True))
-        _report(callback, i, n, x)
+        x = _report(callback, i - start, n - start, x)
     return x
 
 
@@ -244,7 +308,7 @@ def sample_ddim(
             std = eta * ((1 - a_next) / (1 - a) * (1 - a / a_next)) ** 0.5  # DDIM eq. 16, in x_t scale
             x_t = a_next**0.5 * denoised + (1 - a_next - std**2) ** 0.5 * eps + std * noise_like(x, generators)
             x = x_t / a_next**0.5
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -256,45 +320,56 @@ def sample_plms(
     generators: Generators = None,
     callback=None,
     prediction_type: str = "epsilon",
+    calls: tuple[int, ...] | None = None,
 ) -> Tensor:
     """Pseudo linear multistep (Liu et al. 2022), as diffusers' PNDM with skip_prk_steps runs it.
 
-    The first step is corrected with a second evaluation (a Heun-like average); then Adams-Bashforth
-    combinations of up to four past model outputs. PNDM combines the raw outputs: for a v-predicting model,
-    past v's, turned into noise only at the current step (with the current x), not each step's own noise.
+    `calls` are the grid indices diffusers evaluates the model at (pndm_calls: 0, 1, 1, 2, ...; img2img slices
+    them). The first call steps one grid point down; the second re-evaluates there and redoes that step with the
+    average of the two outputs (a Heun-like start); every later call at grid point c steps from c to c + 1 with an
+    Adams-Bashforth combination of up to four outputs. Like PNDM, it takes the latent as it is at each call: when
+    a sliced list makes a call's grid point differ from where the last step ended, the latent is taken there (x is
+    rescaled so that the DDPM-scale latent stays the same). PNDM combines raw outputs: for a v-predicting model,
+    past v's, turned into noise only with the x of the current step, not each step's own.
     """
     v_model = prediction_type == "v_prediction"
+    calls = pndm_calls(len(sigmas) - 1) if calls is None else calls
+
+    def scale(s: Tensor) -> Tensor:  # x = latent * scale(sigma): from the DDPM-scale latent to x0 + sigma * noise
+        return (s**2 + 1) ** 0.5
 
     def output(x: Tensor, s: Tensor) -> Tensor:  # the model's own prediction, from the denoiser's x0
         denoised = model(x, s)
         eps = _eps(x, denoised, s)
-        return (eps - s * denoised) / (s**2 + 1) ** 0.5 if v_model else eps  # v = sqrt(a) eps - sqrt(1-a) x0
+        return (eps - s * denoised) / scale(s) if v_model else eps  # v = sqrt(a) eps - sqrt(1-a) x0
 
-    def to_eps(out: Tensor, x: Tensor, s: Tensor) -> Tensor:  # eps = sqrt(a) v + sqrt(1-a) x_t, x_t = sqrt(a) x
-        return (out + s * x / (s**2 + 1) ** 0.5) / (s**2 + 1) ** 0.5 if v_model else out
+    def step(latent: Tensor, frm: int, to: int, out: Tensor) -> Tensor:
+        s, s_next = sigmas[frm], sigmas[to]
+        x = latent * scale(s)
+        eps = (out + s * x / scale(s)) / scale(s) if v_model else out  # eps = sqrt(a) v + sqrt(1-a) x_t
+        return (x + eps * (s_next - s)) / scale(s_next)
 
-    n = len(sigmas) - 1
-    history: list[Tensor] = []
-    for i in range(n):
-        s, s_next = sigmas[i], sigmas[i + 1]
-        out = output(x, s)
-        if i == 0:
-            history = [out]
-            if n > 1:  # diffusers evaluates the second timestep twice to start the multistep
-                x_next = x + to_eps(out, x, s) * (s_next - s)
-                out = (out + output(x_next, s_next)) / 2
+    latent = x / scale(sigmas[calls[0]])
+    total, outputs, first = max(len(calls) - 1, 1), [], latent
+    for k, c in enumerate(calls):
+        out = output(latent * scale(sigmas[c]), sigmas[c])
+        if k == 1:  # the first step again, from its start, with the average of both outputs
+            latent, frm, to = first, c - 1, c
+            out = (out + outputs[-1]) / 2
         else:
-            history.append(out)
-            e = history[-4:][::-1]
+            outputs = [*outputs, out][-4:]
+            e = outputs[::-1]
             if len(e) == 2:
                 out = (3 * e[0] - e[1]) / 2
             elif len(e) == 3:
                 out = (23 * e[0] - 16 * e[1] + 5 * e[2]) / 12
-            else:
+            elif len(e) == 4:
                 out = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
-        x = x + to_eps(out, x, s) * (s_next - s)
-        _report(callback, i, n, x)
-    return x
+            frm, to = c, c + 1
+        latent = step(latent, frm, to, out)
+        if k > 0 or len(calls) == 1:
+            latent = _report(callback, max(k - 1, 0), total, latent * scale(sigmas[to])) / scale(sigmas[to])
+    return latent * scale(sigmas[-1])  # where run() expects the last x, whichever grid point the calls ended on
 
 
 def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
@@ -310,7 +385,7 @@ def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
         variance = ((1 - a_next) / (1 - a) * beta).clamp(min=1e-20)
         x_t = mean + variance**0.5 * noise_like(x, generators)  # drawn on the last step too, as diffusers does
         x = x_t / a_next**0.5
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -348,7 +423,7 @@ def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, sde: bool, generato
         else:
             x = s_next / s * x - torch.expm1(-h) * d
         previous = denoised
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -365,7 +440,7 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gene
         order = min(2, n - i, i + 1)  # warm up; lower_order_final
         last_x, last_order = x, order
         x = _unipc_update(x, sigmas, i, outputs, order, None)
-        _report(callback, i, n, x)
+        x = _report(callback, i, n, x)
     return x
 
 
@@ -415,7 +490,7 @@ SPECS = {
     "euler_a": Spec(sample_euler_a, "Euler a", "linspace", karras=False, vp=False),  # diffusers': no Karras option
     "heun": Spec(sample_heun, "Heun", "linspace", karras=True, vp=False, rounds_karras=False),
     "dpm2": Spec(sample_dpm2, "DPM2", "linspace", karras=True, vp=False),
-    "lms": Spec(sample_lms, "LMS", "linspace", karras=True, vp=False, rounds_karras=False),
+    "lms": Spec(sample_lms, "LMS", "linspace", karras=True, vp=False, rounds_karras=False, options=("start",)),
     "dpmpp_2m": Spec(sample_dpmpp_2m, "DPM++ 2M", "linspace_int", karras=True, vp=True),
     "dpmpp_2m_sde": Spec(sample_dpmpp_2m_sde, "DPM++ 2M SDE", "linspace_int", karras=True, vp=True),
     "unipc": Spec(sample_unipc, "UniPC", "linspace_int", karras=True, vp=True),
