@@ -151,7 +151,10 @@ def test_nine_channel_inpainting_equals_diffusers(inpainting, sampler, strength)
     assert "Mask blur: 0" in ours.infotexts[0] and f"Denoising strength: {strength}" in ours.infotexts[0]
 
 
-@pytest.mark.parametrize(("sampler", "strength"), [("euler", 1.0), ("ddim", 0.6), ("dpmpp_2m", 0.6), ("euler_a", 1.0)])
+@pytest.mark.parametrize(
+    ("sampler", "strength"),
+    [("plms", 1.0), ("plms", 0.6), ("euler", 1.0), ("ddim", 0.6), ("heun", 0.6), ("euler_a", 1.0)],
+)
 def test_any_model_inpaints_as_diffusers_legacy_path_and_keeps_the_original_outside_the_mask(plain, sampler, strength):
     image, m = picture(), mask()
     ours, theirs = inpaint_both(*plain, sampler, strength, image, m)

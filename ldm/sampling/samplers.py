@@ -39,6 +39,7 @@ class Spec:
     final_sigma_min: bool = False  # ends at sigma(t=0) instead of 0 (set_alpha_to_one=False)
     rounds_karras: bool = True  # diffusers rounds its Karras timesteps to whole numbers
     options: tuple[str, ...] = ()  # keyword options of `sample` beyond the grid: "eta", "prediction_type", "start"
+    half_steps: bool = False  # reports its midpoint too, where diffusers' interleaved timesteps stop
 
 
 DEFAULT_SAMPLER = "plms"  # SD v1.5's scheduler config names PNDMScheduler (with skip_prk_steps: PLMS)
@@ -52,7 +53,7 @@ class Plan:
     sigmas: Tensor  # float32
     timesteps: dict[float, float] = field(hash=False)
     start: int = 0  # img2img enters the grid here (see from_strength)
-    calls: tuple[int, ...] | None = None  # PLMS in img2img: the grid index of each model call (see sample_plms)
+    calls: tuple[int, ...] | None = None  # PLMS: the grid index of each model call (see sample_plms)
 
     @property
     def init_scale(self) -> float:
@@ -67,17 +68,22 @@ class Plan:
 
     @property
     def steps_run(self) -> int:
+        """How often the step callback is called, as diffusers' schedulers count steps: once per step; PLMS once
+        per model call; Heun and DPM2 after each half step too (but the last, a plain Euler step)."""
         if self.calls is not None:
-            return max(len(self.calls) - 1, 1)  # PLMS's second call completes its first step
-        return len(self.sigmas) - 1 - self.start
+            return len(self.calls)
+        steps = len(self.sigmas) - 1 - self.start
+        return 2 * steps - 1 if SPECS[self.name].half_steps else steps
 
     def sigma_after(self, step: int) -> float:
-        """The sigma the latents sit at after `step` (0-based) of this plan's run."""
-        if self.calls is None:
-            return float(self.sigmas[self.start + step + 1])
-        if len(self.calls) == 1:
-            return float(self.sigmas[self.calls[0] + 1])
-        return float(self.sigmas[self.calls[1] if step == 0 else self.calls[step + 1] + 1])
+        """The noise level the latents a step callback gets stand for (where inpainting re-noises the kept
+        region to): where the step ended; for PLMS, where its next model call is, as diffusers' PNDM has it."""
+        if self.calls is not None:
+            last = step == len(self.calls) - 1
+            return float(self.sigmas[self.calls[step] + 1 if last else self.calls[step + 1]])
+        if SPECS[self.name].half_steps:
+            step //= 2  # a half step and its full step both end at the next grid sigma (diffusers' step index)
+        return float(self.sigmas[self.start + step + 1])
 
     def from_strength(self, strength: float) -> Plan:
         """This plan entered part way, as diffusers' img2img does (`get_timesteps`): the last int(steps * strength)
@@ -97,7 +103,7 @@ class Plan:
         """This plan entered so that its last `kept` steps run (the hires fix runs exactly its steps this way)."""
         steps = len(self.sigmas) - 1
         skipped = steps - kept
-        if self.name != "plms":
+        if self.calls is None:
             return dataclasses.replace(self, start=skipped)
         calls = pndm_calls(steps)[skipped:]
         return dataclasses.replace(self, start=calls[0], calls=calls)
@@ -148,7 +154,7 @@ def plan(name: str, steps: int, *, karras: bool = False) -> Plan:
     final = float(train[0]) if spec.final_sigma_min else 0.0
     grid = torch.from_numpy(np.concatenate([sigmas, [final]]).astype(np.float32))
     table = {float(s): float(ti) for s, ti in zip(grid[:-1].tolist(), t.tolist(), strict=True)}
-    return Plan(name, grid, table)
+    return Plan(name, grid, table, calls=pndm_calls(steps) if name == "plms" else None)
 
 
 def initial_noise(shape: tuple[int, ...], generators: Generators) -> Tensor:
@@ -239,11 +245,12 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
         d = _eps(x, model(x, s), s)
         x_euler = x + d * (s_next - s)
         if s_next > 0:
+            x_euler = _report(callback, 2 * i, 2 * n - 1, x_euler)  # the half step (inpainting blends it too)
             d_next = _eps(x_euler, model(x_euler, s_next), s_next)
             x = x + (d + d_next) / 2 * (s_next - s)
         else:
             x = x_euler
-        x = _report(callback, i, n, x)
+        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x)
     return x
 
 
@@ -255,11 +262,11 @@ def sample_dpm2(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
         d = _eps(x, model(x, s), s)
         if s_next > 0:
             s_mid = torch.lerp(s_next.log(), s.log(), 0.5).exp()
-            x_mid = x + d * (s_mid - s)
+            x_mid = _report(callback, 2 * i, 2 * n - 1, x + d * (s_mid - s))  # the half step
             x = x + _eps(x_mid, model(x_mid, s_mid), s_mid) * (s_next - s)
         else:
             x = x + d * (s_next - s)
-        x = _report(callback, i, n, x)
+        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x)
     return x
 
 
@@ -350,7 +357,7 @@ def sample_plms(
         return (x + eps * (s_next - s)) / scale(s_next)
 
     latent = x / scale(sigmas[calls[0]])
-    total, outputs, first = max(len(calls) - 1, 1), [], latent
+    total, outputs, first = len(calls), [], latent
     for k, c in enumerate(calls):
         out = output(latent * scale(sigmas[c]), sigmas[c])
         if k == 1:  # the first step again, from its start, with the average of both outputs
@@ -367,8 +374,10 @@ def sample_plms(
                 out = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
             frm, to = c, c + 1
         latent = step(latent, frm, to, out)
-        if k > 0 or len(calls) == 1:
-            latent = _report(callback, max(k - 1, 0), total, latent * scale(sigmas[to])) / scale(sigmas[to])
+        # Reported after every call, at the noise level of the next (diffusers' PNDM steps per call, and its
+        # inpainting blends there, the first call's provisional latent included).
+        at = sigmas[to if k == len(calls) - 1 else calls[k + 1]]
+        latent = _report(callback, k, total, latent * scale(at)) / scale(at)
     return latent * scale(sigmas[-1])  # where run() expects the last x, whichever grid point the calls ended on
 
 
@@ -488,8 +497,8 @@ SPECS = {
     "ddpm": Spec(sample_ddpm, "DDPM", "leading", karras=False, vp=True),
     "euler": Spec(sample_euler, "Euler", "linspace", karras=True, vp=False, rounds_karras=False),
     "euler_a": Spec(sample_euler_a, "Euler a", "linspace", karras=False, vp=False),  # diffusers': no Karras option
-    "heun": Spec(sample_heun, "Heun", "linspace", karras=True, vp=False, rounds_karras=False),
-    "dpm2": Spec(sample_dpm2, "DPM2", "linspace", karras=True, vp=False),
+    "heun": Spec(sample_heun, "Heun", "linspace", karras=True, vp=False, rounds_karras=False, half_steps=True),
+    "dpm2": Spec(sample_dpm2, "DPM2", "linspace", karras=True, vp=False, half_steps=True),
     "lms": Spec(sample_lms, "LMS", "linspace", karras=True, vp=False, rounds_karras=False, options=("start",)),
     "dpmpp_2m": Spec(sample_dpmpp_2m, "DPM++ 2M", "linspace_int", karras=True, vp=True),
     "dpmpp_2m_sde": Spec(sample_dpmpp_2m_sde, "DPM++ 2M SDE", "linspace_int", karras=True, vp=True),
