@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ldm.cli.parser import OneLineParser
+from ldm.cli.prompt_options import add_prompt_options, apply_prompt_options
 from ldm.errors import LdmError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_prompt_options(p)
     return p
 
 
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
                          offload=args.offload, compile=args.compile)  # fmt: skip
     pipe.hash_model()
+    apply_prompt_options(pipe, args)
     request = pipe.request(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -90,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
+        emphasis=args.emphasis,
     ).with_seed()
     for _ in range(args.n_iter):
         result = pipe.generate(request, progress=not args.quiet)

@@ -16,6 +16,7 @@ from typing import Any
 from ldm.errors import ConfigError
 from ldm.outputs.infotext import format_infotext, parse_infotext
 from ldm.sampling import samplers
+from ldm.text import emphasis as emphases
 
 # A1111's own names for the settings it writes, in its order (Schedule type only when not automatic).
 KEYS = {"steps": "Steps", "sampler": "Sampler", "karras": "Schedule type", "guidance": "CFG scale", "seed": "Seed",
@@ -40,6 +41,7 @@ class GenerationRequest:
     batch_size: int = 1  # images per prompt
     vae_tiling: bool = False  # decode in overlapping tiles: large images in bounded memory
     vae_slicing: bool = False  # decode a batch one image at a time
+    emphasis: str = emphases.DEFAULT  # how prompt weights act (ldm/text/emphasis.py; A1111's option)
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # infotext fields ldm does not use
 
     def __post_init__(self) -> None:
@@ -60,6 +62,7 @@ class GenerationRequest:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         samplers.check(self.sampler, self.steps, karras=self.karras, eta=self.eta)
+        emphases.check_mode(self.emphasis)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -101,6 +104,7 @@ class GenerationRequest:
             "Model": model.get("model"),
             KEYS["clip_skip"]: self.clip_skip if self.clip_skip != 1 else None,
             KEYS["eta"]: self.eta if self.eta else None,
+            "Emphasis": emphases.A1111_NAMES[self.emphasis] if self.emphasis != emphases.DEFAULT else None,
         }
         fields.update((k, v) for k, v in self.extra.items() if k not in fields or fields[k] is None)
         return format_infotext(prompts[index], negatives[index], fields)
@@ -131,6 +135,8 @@ class GenerationRequest:
                 given["clip_skip"] = int(fields.pop("Clip skip"))
             if "Eta" in fields and "eta" in samplers.SPECS[given.get("sampler", cls.sampler)].options:
                 given["eta"] = float(fields.pop("Eta"))  # A1111 writes an eta for samplers that ignore it too
+            if "Emphasis" in fields:
+                given["emphasis"] = emphases.from_a1111(fields.pop("Emphasis"))
         except ValueError as e:
             raise ConfigError(f"a setting in this infotext is not a number ({e}); fix it or leave it out") from None
         return cls(**given, extra=fields)

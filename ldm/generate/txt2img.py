@@ -42,7 +42,7 @@ def txt2img(
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
     guided = request.guidance != 1  # guidance 1 needs no unconditional side
-    context = pipe.encode(prompts + negatives if guided else prompts, request.clip_skip)  # one encoder batch
+    context = pipe.encode(prompts + negatives if guided else prompts, request.clip_skip, request.emphasis)  # one batch
     context, uncond = (context[: len(prompts)], context[len(prompts) :]) if guided else (context, None)
     plan = samplers.plan(request.sampler, request.steps, karras=request.karras)
     prediction_type = model.config.unet.prediction_type
