@@ -6,11 +6,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import E2E, random_model
+from helpers import E2E, ddim_reference, single_file_and_folder
 from safetensors.torch import save_file
 
 from ldm import Pipeline
-from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 from ldm.errors import LdmError
 from ldm.generate.request import GenerationRequest
 from ldm.text.chunking import PLACEHOLDER, chunk_prompt
@@ -21,19 +20,11 @@ TOKEN = "zqxtoken"  # not in CLIP's vocabulary: diffusers adds it as a token of 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ti")
-    tensors = random_model(E2E, seed=5)
-    return write_single_file(tensors, folder / "tiny.safetensors", E2E), write_diffusers_folder(
-        tensors, folder / "d", E2E
-    )
+    return single_file_and_folder(tmp_path_factory.mktemp("ti"), seed=5)
 
 
 def reference_pipe(folder):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return pipe
+    return ddim_reference(folder)
 
 
 def write_embedding(folder, vectors: torch.Tensor, layout: str):

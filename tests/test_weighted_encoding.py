@@ -5,20 +5,15 @@ reference embeddings for whole images of long prompts (round2-references.md sect
 import numpy as np
 import pytest
 import torch
-from helpers import E2E, random_model
+from helpers import ddim_reference, single_file_and_folder
 from test_chunking import reference_chunks
 
 from ldm import Pipeline
-from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("weighted")
-    tensors = random_model(E2E, seed=4)
-    return write_single_file(tensors, folder / "tiny.safetensors", E2E), write_diffusers_folder(
-        tensors, folder / "d", E2E
-    )
+    return single_file_and_folder(tmp_path_factory.mktemp("weighted"), seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +23,7 @@ def pipe(checkpoint):
 
 @pytest.fixture(scope="module")
 def reference(checkpoint):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(checkpoint[1], safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    return pipe
+    return ddim_reference(checkpoint[1])
 
 
 @torch.no_grad()

@@ -85,7 +85,10 @@ def read_lora(path: Path, config: ModelConfig) -> LoraFile:
                     "the file is broken"
                 )
         target = table[name]
-        shape = delta_shape(parts, name)
+        try:
+            shape = delta_shape(parts, name)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         if not _fits(shape, target.shape):
             raise ConfigError(
                 f"{path}: {name} makes a change of shape {tuple(shape)} for a weight of shape {tuple(target.shape)}; "
@@ -117,7 +120,7 @@ def _check_family(path: Path, tensors: dict[str, Tensor], metadata: dict[str, st
     """Name the model family a LoRA is for when it is not SD v1 (from its metadata, key names or widths)."""
     base = metadata.get("ss_base_model_version", "")
     family = None
-    if base.startswith("sdxl") or any(k.startswith(("lora_te1_", "lora_te2_")) for k in tensors):
+    if base.startswith("sdxl") or any(k.startswith("lora_te2_") for k in tensors):
         family = "SDXL"
     elif base.startswith("sd_v2") or metadata.get("ss_v2") == "True":
         family = "SD 2.x"

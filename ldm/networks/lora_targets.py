@@ -20,6 +20,7 @@ from ldm.models.text_encoder import TextEncoder
 from ldm.models.unet import UNetModel
 
 PREFIXES = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+TEXT_PREFIXES = ("lora_te_", "lora_te1_")  # diffusers' kohya writer names SD v1's text encoder as SDXL's first
 PEFT_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te_"}
 
 
@@ -52,9 +53,10 @@ def targets(config: ModelConfig) -> dict[str, Target]:
                 continue  # norms, embeddings and biases: not LoRA targets
             target = Target(component, name, weight.shape)
             owner = name.removesuffix(".weight")
-            table[PREFIXES[component] + owner.replace(".", "_")] = target
             if component == "unet":
-                renamed = rename(name, pairs)
-                if renamed is not None:
-                    table[PREFIXES[component] + renamed.removesuffix(".weight").replace(".", "_")] = target
+                names = [owner, (rename(name, pairs) or name).removesuffix(".weight")]
+                table.update((PREFIXES["unet"] + n.replace(".", "_"), target) for n in names)
+                continue
+            names = [owner, owner.removeprefix("text_model.")]  # files from transformers >= 5.6 lack that level
+            table.update((prefix + n.replace(".", "_"), target) for prefix in TEXT_PREFIXES for n in names)
     return table
