@@ -219,7 +219,8 @@ def test_loha_lokr_and_lora_mid_merge_by_their_formulas(checkpoint, tmp_path):
     ff = "input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"  # (32, 128)
     conv = "input_blocks.1.0.in_layers.2.weight"  # (32, 32, 3, 3)
     files = {
-        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q": (q, {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+            (q, {
             "hada_w1_a": torch.randn(32, 2, generator=g), "hada_w1_b": torch.randn(2, 32, generator=g),
             "hada_w2_a": torch.randn(32, 2, generator=g), "hada_w2_b": torch.randn(2, 32, generator=g),
             "alpha": torch.tensor(1.0)}),
@@ -287,3 +288,75 @@ def test_bad_loras_are_refused_in_one_line_and_change_nothing(checkpoint, tmp_pa
     with pytest.raises(LdmError, match="no LoRA named 'goood'.*closest there: good"):
         ours.generate(ours.request(prompt="x <lora:goood:1>", steps=2, width=64, height=64), progress=False)
     assert all(torch.equal(v, before[k]) for k, v in ours_in_diffusers_names(ours).items())
+
+
+def test_real_sd_v1_lora_names_reach_their_layers():
+    """Names of real SD v1 kohya files (the notes' list; kohya's diffusers names and the original block names)."""
+    from ldm.config import ModelConfig
+    from ldm.networks.lora_targets import targets
+
+    table = targets(ModelConfig.preset("sd-v1"))
+    expected = {
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q":
+            "input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+        "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_attn2_to_v":
+            "output_blocks.11.1.transformer_blocks.0.attn2.to_v",
+        "lora_unet_mid_block_attentions_0_proj_out": "middle_block.1.proj_out",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_ff_net_0_proj":
+            "input_blocks.1.1.transformer_blocks.0.ff.net.0.proj",
+        "lora_unet_down_blocks_0_resnets_0_conv1": "input_blocks.1.0.in_layers.2",
+        "lora_unet_down_blocks_0_resnets_0_time_emb_proj": "input_blocks.1.0.emb_layers.1",
+        "lora_unet_up_blocks_1_resnets_0_conv_shortcut": "output_blocks.3.0.skip_connection",
+        "lora_unet_down_blocks_0_downsamplers_0_conv": "input_blocks.3.0.op",
+        "lora_unet_up_blocks_0_upsamplers_0_conv": "output_blocks.2.1.conv",
+        "lora_unet_conv_in": "input_blocks.0.0",
+        "lora_unet_conv_out": "out.2",
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k":
+            "input_blocks.4.1.transformer_blocks.0.attn2.to_k",
+        "lora_unet_input_blocks_1_0_in_layers_2": "input_blocks.1.0.in_layers.2",
+        "lora_unet_output_blocks_2_1_conv": "output_blocks.2.1.conv",  # SD v1's first upsampler (diffusers misreads it)
+        "lora_unet_output_blocks_5_2_conv": "output_blocks.5.2.conv",
+        "lora_te_text_model_encoder_layers_11_self_attn_out_proj": "text_model.encoder.layers.11.self_attn.out_proj",
+        "lora_te_text_model_encoder_layers_0_mlp_fc1": "text_model.encoder.layers.0.mlp.fc1",
+    }  # fmt: skip
+    assert {k: table[k].weight.removesuffix(".weight") for k in expected} == expected
+
+
+def test_a_merge_that_fails_half_way_leaves_the_weights_as_they_were(checkpoint, tmp_path, monkeypatch):
+    import ldm.networks.merged as merged
+
+    reference = reference_pipe(checkpoint[1])
+    save_file(kohya_lora(reference, seed=10), tmp_path / "a.safetensors")
+    save_file(kohya_lora(reference, seed=11), tmp_path / "b.safetensors")
+    ours = Pipeline.load(checkpoint[0], device="cpu")
+    ours.load_lora(tmp_path / "a.safetensors")
+    before = ours_in_diffusers_names(ours)
+    calls = []
+
+    def failing(parts, shape, dyn=None):
+        calls.append(1)
+        if len(calls) == 20:
+            raise RuntimeError("out of memory")
+        return real(parts, shape, dyn)
+
+    real = merged.delta
+    monkeypatch.setattr(merged, "delta", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ours.load_lora(tmp_path / "b.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in ours_in_diffusers_names(ours).items())
+    assert [u.path.name for u in ours.loras.applied] == ["a.safetensors"]
+
+
+def test_offloaded_and_packed_layers_see_the_same_merge(checkpoint, tmp_path):
+    """The merge lands in packed CPU layers and where model offload keeps the weights: the same image both ways
+    (packed against plain layers for any weight edit: tests/test_generation.py)."""
+    reference = reference_pipe(checkpoint[1])
+    save_file(kohya_lora(reference, seed=12), tmp_path / "c.safetensors")
+    settings = {"steps": 2, "seed": 1, "width": 64, "height": 64, "progress": False}
+    images = []
+    for offload in (None, "model"):
+        pipe = Pipeline.load(checkpoint[0], device="cpu", offload=offload)
+        images.append(np.asarray(pipe("a boat", **settings)[0]).astype(int))  # layers packed, U-Net lent out
+        pipe.load_lora(tmp_path / "c.safetensors", te=0.8)
+        images.append(np.asarray(pipe("a boat", **settings)[0]).astype(int))
+    assert np.abs(images[1] - images[0]).max() > 10 and np.abs(images[3] - images[1]).max() <= 1

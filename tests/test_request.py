@@ -138,3 +138,18 @@ def test_a_random_seed_is_drawn_per_request_not_from_the_random_module():
     first = GenerationRequest(prompt="x").with_seed().seed
     random.seed(0)
     assert GenerationRequest(prompt="x").with_seed().seed != first
+
+
+@pytest.mark.parametrize("emphasis", ["original", "no-norm", "ignore", "none"])
+def test_emphasis_and_network_hashes_round_trip(emphasis):
+    extra = {"Lora hashes": "ink: 0123456789ab, oil: ba9876543210", "TI hashes": "qzxstyle: 00ff00ff00ff"}
+    request = GenerationRequest(prompt="a (cat:1.2) <lora:ink:0.5>", seed=1, emphasis=emphasis, extra=extra)
+    text = request.to_infotext()
+    assert ("Emphasis" in text) == (emphasis != "original")  # written when not the default, as A1111 does
+    assert 'Lora hashes: "ink: 0123456789ab, oil: ba9876543210"' in text
+    again = GenerationRequest.from_infotext(text)
+    assert again == request and again.extra == extra and again.to_infotext() == text
+    a1111 = "x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Emphasis: No norm"
+    assert GenerationRequest.from_infotext(a1111).emphasis == "no-norm"
+    with pytest.raises(ConfigError, match="unknown emphasis 'strong'"):
+        GenerationRequest(emphasis="strong")
