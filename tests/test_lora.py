@@ -360,3 +360,20 @@ def test_offloaded_and_packed_layers_see_the_same_merge(checkpoint, tmp_path):
         pipe.load_lora(tmp_path / "c.safetensors", te=0.8)
         images.append(np.asarray(pipe("a boat", **settings)[0]).astype(int))
     assert np.abs(images[1] - images[0]).max() > 10 and np.abs(images[3] - images[1]).max() <= 1
+
+
+def test_loras_load_inside_and_outside_inference_mode(checkpoint, tmp_path):
+    """A layer that unpacks inside torch.inference_mode gives an inference tensor, which no in-place edit outside
+    may touch: the weight-edit operation hands out an editable copy instead."""
+    reference = reference_pipe(checkpoint[1])
+    save_file(kohya_lora(reference, seed=13), tmp_path / "d.safetensors")
+    ours = Pipeline.load(checkpoint[0], device="cpu")
+    ours("a boat", steps=2, seed=1, width=64, height=64, progress=False)  # packs its layers under inference mode
+    before = ours_in_diffusers_names(ours)
+    with torch.inference_mode():
+        ours.load_lora(tmp_path / "d.safetensors")
+    merged = ours_in_diffusers_names(ours)
+    ours.unload_loras()
+    assert all(torch.equal(v, before[k]) for k, v in ours_in_diffusers_names(ours).items())
+    ours.load_lora(tmp_path / "d.safetensors")
+    assert all(torch.equal(v, merged[k]) for k, v in ours_in_diffusers_names(ours).items())
