@@ -109,3 +109,11 @@ def test_bad_embedding_files_are_refused_in_one_line(checkpoint, tmp_path, monke
             pipe.load_embedding(tmp_path / name)
         assert "\n" not in str(caught.value)
     assert not (tmp_path / "ran-code").exists() and pipe.embeddings.revision == 0
+
+
+def test_a_folder_skips_embeddings_for_other_models(checkpoint, tmp_path):
+    pipe = Pipeline.load(checkpoint[0], device="cpu")
+    write_embedding(tmp_path / "sub", torch.randn(2, WIDTH), "kohya")  # found below the folder too
+    save_file({"emb_params": torch.zeros(2, 1024)}, tmp_path / "sd2thing.safetensors")
+    assert [e.name for e in pipe.embeddings.load_folder(tmp_path)] == [TOKEN]
+    assert [p.name for p in pipe.embeddings.skipped] == ["sd2thing.safetensors"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def apply_prompt_options(pipe: Any, args: argparse.Namespace) -> None:
     folder = args.embeddings_dir or EMBEDDINGS_DIR
     if folder.is_dir():
         pipe.embeddings.load_folder(folder)
+        if pipe.embeddings.skipped:  # a note, not an error: A1111 skips these too
+            names = ", ".join(p.name for p in pipe.embeddings.skipped)
+            print(f"note: skipped embeddings for another model in {folder}: {names}", file=sys.stderr)
     elif args.embeddings_dir is not None:
         raise ConfigError(f"--embeddings-dir {folder} is not a folder")
     for spec in args.lora:

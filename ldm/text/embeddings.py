@@ -41,6 +41,7 @@ class Embeddings:
         self.by_name: dict[str, Embedding] = {}
         self.by_first_id: dict[int, list[Embedding]] = {}
         self.revision = 0
+        self.skipped: list[Path] = []  # folder files for another model (A1111 lists them as skipped too)
 
     def load(self, path: str | Path, token: str | None = None) -> Embedding:
         """Read an embedding file; its trigger is `token`, or the file's stem. Replaces one of the same trigger."""
@@ -55,9 +56,16 @@ class Embeddings:
         return self.by_name[name]
 
     def load_folder(self, folder: str | Path) -> list[Embedding]:
-        """Every embedding file under `folder` (recursively, as A1111 reads its embeddings folder)."""
+        """Every embedding file under `folder` (recursively, as A1111 reads its embeddings folder). Files for another
+        model (SD 2.x, SDXL) are skipped and listed in `skipped`, as A1111 skips them; a broken file is an error."""
         files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-        return [self.load(p) for p in files]
+        loaded = []
+        for path in files:
+            try:
+                loaded.append(self.load(path))
+            except ConfigError:
+                self.skipped.append(path)
+        return loaded
 
     def add(self, embedding: Embedding) -> None:
         old = self.by_name.pop(embedding.name, None)
