@@ -377,3 +377,14 @@ def test_loras_load_inside_and_outside_inference_mode(checkpoint, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in ours_in_diffusers_names(ours).items())
     ours.load_lora(tmp_path / "d.safetensors")
     assert all(torch.equal(v, merged[k]) for k, v in ours_in_diffusers_names(ours).items())
+
+
+def test_a_text_encoder_lora_is_never_served_a_stale_encoding(checkpoint, tmp_path):
+    reference = reference_pipe(checkpoint[1])
+    save_file(kohya_lora(reference, seed=14), tmp_path / "e.safetensors")
+    ours = Pipeline.load(checkpoint[0], device="cpu")
+    before = ours.encode(["a boat"], 1)
+    ours.load_lora(tmp_path / "e.safetensors", te=1.0, unet=0.0)
+    assert (ours.encode(["a boat"], 1) - before).abs().max() > 1e-3
+    ours.unload_loras()
+    torch.testing.assert_close(ours.encode(["a boat"], 1), before, rtol=0, atol=0)
