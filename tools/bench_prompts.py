@@ -25,9 +25,9 @@ WEIGHTED = ", ".join(["a (detailed:1.2) castle on a [misty] hill", "((golden hou
 NEGATIVE = "(blurry:1.3), low quality, [watermark]"
 
 
-def lora_files(theirs, cache: Path) -> list[Path]:
+def lora_files(theirs, cache: Path, model: str) -> list[Path]:
     """Two random kohya LoRAs (rank 16, alpha 8) over every attention and feed-forward layer and the text encoder."""
-    files = [cache / f"bench-lora-{i}.safetensors" for i in range(2)]
+    files = [cache / f"{model}-lora-{i}.safetensors" for i in range(2)]
     if all(f.is_file() for f in files):
         return files
     modules = [("lora_unet_", n, m) for n, m in theirs.unet.named_modules() if n.endswith(TARGETS)]
@@ -52,7 +52,7 @@ def lora_files(theirs, cache: Path) -> list[Path]:
 
 def prompt_rows(ours, theirs, args, row: Callable[..., None], repeats_of: Callable, cfg_latents: Callable) -> None:
     """Rows for the "prompt" line; ours and theirs end as they started (no LoRA)."""
-    files = lora_files(theirs, args.cache)
+    files = lora_files(theirs, args.cache, args.model)
     turn = {"ours": 0, "theirs": 0}
 
     def ours_switch() -> None:
