@@ -333,14 +333,14 @@ def test_a_merge_that_fails_half_way_leaves_the_weights_as_they_were(checkpoint,
     before = ours_in_diffusers_names(ours)
     calls = []
 
-    def failing(parts, shape, dyn=None):
+    def failing(weight, parts, multiplier, dyn=None):
         calls.append(1)
         if len(calls) == 20:
             raise RuntimeError("out of memory")
-        return real(parts, shape, dyn)
+        return real(weight, parts, multiplier, dyn)
 
-    real = merged.delta
-    monkeypatch.setattr(merged, "delta", failing)
+    real = merged.add_change
+    monkeypatch.setattr(merged, "add_change", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         ours.load_lora(tmp_path / "b.safetensors")
     assert all(torch.equal(v, before[k]) for k, v in ours_in_diffusers_names(ours).items())
@@ -388,3 +388,20 @@ def test_a_text_encoder_lora_is_never_served_a_stale_encoding(checkpoint, tmp_pa
     assert (ours.encode(["a boat"], 1) - before).abs().max() > 1e-3
     ours.unload_loras()
     torch.testing.assert_close(ours.encode(["a boat"], 1), before, rtol=0, atol=0)
+
+
+def test_an_edit_made_between_loras_is_kept(checkpoint, tmp_path):
+    """Backups outlive unload_loras only while nobody else edits: an edit made meanwhile is the new base."""
+    reference = reference_pipe(checkpoint[1])
+    save_file(kohya_lora(reference, seed=15), tmp_path / "f.safetensors")
+    ours = Pipeline.load(checkpoint[0], device="cpu")
+    name = "input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    ours.load_lora(tmp_path / "f.safetensors")
+    ours.unload_loras()
+    with ours.edit_weights("unet") as weights:
+        weights[name].mul_(2.0)
+    edited = ours.model.unet.state_dict()[name].clone()
+    ours.load_lora(tmp_path / "f.safetensors")
+    assert not torch.equal(ours.model.unet.state_dict()[name], edited)
+    ours.unload_loras()
+    assert torch.equal(ours.model.unet.state_dict()[name], edited)

@@ -47,6 +47,21 @@ def delta(parts: dict[str, Tensor], shape: torch.Size, dyn: int | None = None) -
     return _fit(change, shape) * scale(parts, dim)
 
 
+def add_change(weight: Tensor, parts: dict[str, Tensor], multiplier: float, dyn: int | None = None) -> None:
+    """weight += multiplier * ΔW, in place. A plain LoRA goes straight in as one addmm (no ΔW-sized temporaries:
+    switching LoRAs is mostly this); the rest through `delta` in float32."""
+    if "up" in parts and "mid" not in parts and weight.is_contiguous():
+        up, down = parts["up"], parts["down"]
+        rank = down.shape[0] if dyn is None else min(dyn, down.shape[0])
+        up2 = up.reshape(up.shape[0], -1)[:, :rank].to(weight.device, weight.dtype)
+        down2 = down.reshape(down.shape[0], -1)[:rank].to(weight.device, weight.dtype)
+        if up2.shape[0] == weight.shape[0] and up2.shape[0] * down2.shape[1] == weight.numel():
+            weight.view(up2.shape[0], -1).addmm_(up2, down2, alpha=multiplier * scale(parts, rank))
+            return
+    change = delta(parts, weight.shape, dyn).to(weight.device)
+    weight.copy_((weight.float() + multiplier * change).to(weight.dtype))
+
+
 def scale(parts: dict[str, Tensor], dim: int | None) -> float:
     if "scale" in parts:
         return parts["scale"].item()

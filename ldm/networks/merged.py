@@ -2,6 +2,9 @@
 (ldm/runtime/weights.py), so packed CPU layers, offload and the prompt cache all see it and a step costs what it
 did without a LoRA. Each weight a LoRA touches is backed up (on the CPU) first, as A1111 keeps its backup: a new
 set of LoRAs starts from the weights as loaded, with no reload and no drift, and the last one leaves them exact.
+
+Backups outlive an unload (switching LoRAs then copies nothing twice) while the component's weights revision says
+nobody else edited it since; after someone did, the weights as they are now are the ones to back up.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from torch import Tensor
 
 from ldm.checkpoints.hashing import short_hash
 from ldm.config import ModelConfig
-from ldm.networks.lora_deltas import delta
+from ldm.networks.lora_deltas import add_change
 from ldm.networks.lora_file import LoraFile, read_lora
-from ldm.runtime.weights import Weights
+from ldm.runtime.weights import Weights, weights_revision
 
 EditWeights = Callable[[str], AbstractContextManager[Weights]]  # component name -> the weight-edit operation
 CACHED_FILES = 4  # LoRA files kept read (a switch back and forth reads neither again)
@@ -44,6 +47,8 @@ class MergedLoras:
         self.config = config
         self.applied: tuple[LoraUse, ...] = ()
         self.backups: dict[tuple[str, str], Tensor] = {}  # (component, weight name) -> the weight as loaded
+        self.carrying: set[str] = set()  # components whose weights hold LoRA changes now
+        self.revisions: dict[str, int] = {}  # each component's weights revision when this last left it
         self.files: OrderedDict[tuple, LoraFile] = OrderedDict()
         self.hashes: dict[tuple, str] = {}
 
@@ -72,34 +77,41 @@ class MergedLoras:
             return
         files = [self.read(use.path) for use in uses]
         try:
-            self._merge(uses, files, edit)
-        except BaseException:
-            self._merge(self.applied, [self.read(use.path) for use in self.applied], edit)
+            self._merge(uses, files, edit, self.carrying)
+        except BaseException:  # some weights may have changed: every backup goes back, then the old set again
+            everything = self.carrying | {c for c, _ in self.backups}
+            self._merge(self.applied, [self.read(use.path) for use in self.applied], edit, everything)
             raise
         self.applied = uses
 
-    def _merge(self, uses: tuple[LoraUse, ...], files: list[LoraFile], edit: EditWeights) -> None:
-        components = {c for c, _ in self.backups} | {m.target.component for f in files for m in f.modules}
-        for component in sorted(components):
+    def _merge(self, uses: tuple[LoraUse, ...], files: list[LoraFile], edit: EditWeights, carrying: set[str]) -> None:
+        """Restore the components in `carrying` from their backups, then add every change of `uses`."""
+        wanted = {m.target.component for f in files for m in f.modules}
+        for component in sorted(carrying | wanted):
             with edit(component) as weights:
-                for (owner, name), original in self.backups.items():  # back to the weights as loaded
-                    if owner == component:
-                        weights[name].copy_(original)
-                touched = set()
+                if component not in carrying and self.revisions.get(component) != weights_revision(weights.module):
+                    self._drop_backups(component)  # edited by someone else since: those weights are the base now
+                if component in carrying:
+                    for (owner, name), original in self.backups.items():
+                        if owner == component:
+                            weights[name].copy_(original)
+                self.carrying.discard(component)
                 for use, file in zip(uses, files, strict=True):
                     multiplier = use.te if component == "text_encoder" else use.unet
                     for module in file.modules:
                         if module.target.component != component or multiplier == 0:
                             continue
-                        key = (component, module.target.weight)
                         weight = weights[module.target.weight]
+                        key = (component, module.target.weight)
                         if key not in self.backups:
                             self.backups[key] = weight.detach().to("cpu", copy=True)
-                        touched.add(key)
-                        change = delta(module.tensors, weight.shape, use.dyn).to(weight.device)
-                        weight.copy_((weight.float() + multiplier * change).to(weight.dtype))
-                for key in [k for k in self.backups if k[0] == component and k not in touched]:
-                    del self.backups[key]  # as loaded again: nothing to undo there
+                        self.carrying.add(component)
+                        add_change(weight, module.tensors, multiplier, use.dyn)
+            self.revisions[component] = weights_revision(weights.module)
+
+    def _drop_backups(self, component: str) -> None:
+        for key in [k for k in self.backups if k[0] == component]:
+            del self.backups[key]
 
 
 def _stamp(path: Path) -> tuple:
