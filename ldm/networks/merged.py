@@ -86,6 +86,7 @@ class MergedLoras:
 
     def _merge(self, uses: tuple[LoraUse, ...], files: list[LoraFile], edit: EditWeights, carrying: set[str]) -> None:
         """Restore the components in `carrying` from their backups, then add every change of `uses`."""
+        carrying = set(carrying)  # as it is now: self.carrying changes below
         wanted = {m.target.component for f in files for m in f.modules}
         for component in sorted(carrying | wanted):
             with edit(component) as weights:
