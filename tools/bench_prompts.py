@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def prompt_rows(ours, theirs, args, row: Callable[..., None], repeats_of: Callab
     ours.unload_loras()
     theirs.unfuse_lora()
     theirs.unload_lora_weights()
-    without = _median(ours_step, args.repeats)
+    without, _ = repeats_of(ours_step, theirs_step, args.repeats)  # alternated as with the LoRA: the same load
     row(f"U-Net with CFG, {size}x{size}, a LoRA merged (s)", with_lora, theirs_seconds, vs_no_lora=with_lora / without)
 
     chunks = [c.ids for p in (WEIGHTED, NEGATIVE) for c in chunk_prompt(p, ours.tokenizer)]
@@ -92,13 +91,3 @@ def prompt_rows(ours, theirs, args, row: Callable[..., None], repeats_of: Callab
     row(f"weighted {len(ours.tokenizer.encode(WEIGHTED))}-token prompt + negative ({len(chunks)} chunks), nothing "
         "cached, vs diffusers' text encoder on the same chunks (s)",
         *repeats_of(ours_encode, lambda: theirs.text_encoder(ids)[0], args.repeats))  # fmt: skip
-
-
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
