@@ -111,3 +111,22 @@ def soft_open_files_limit(soft: int) -> Iterator[tuple[int, int]]:
         yield soft, original[1]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, original)
+
+
+def single_file_and_folder(folder: Path, seed: int) -> tuple[Path, Path]:
+    """A random E2E model written both ways: our single file, and the diffusers folder references load."""
+    from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
+
+    tensors = random_model(E2E, seed=seed)
+    return write_single_file(tensors, folder / "tiny.safetensors", E2E), write_diffusers_folder(
+        tensors, folder / "d", E2E
+    )
+
+
+def ddim_reference(folder: Path):
+    """diffusers' StableDiffusionPipeline of a folder, sampling with DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe

@@ -72,3 +72,13 @@ def test_the_floor_counts_cpu_attention():
     q, k = torch.randn(2, 8, 64, 40), torch.randn(2, 8, 77, 40)
     with torch.inference_mode():
         assert bench.flops(lambda: F.scaled_dot_product_attention(q, k, k)) == 2 * (2 * 2 * 8 * 64 * 77 * 40)
+
+
+def test_prompt_control_lines_on_a_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "prompt", "--cache", str(tmp_path),
+                "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())[1:]
+    assert [r["line"].split(" (")[0].split(",")[0] for r in rows] == [
+        "switch between two LoRAs", "U-Net with CFG", "weighted 199-token prompt + negative"]  # fmt: skip
+    assert all(r["ours"] > 0 and r["diffusers"] > 0 for r in rows) and rows[1]["vs_no_lora"] > 0

@@ -157,3 +157,18 @@ def test_image_settings_round_trip_in_a1111s_words_and_bad_ones_are_clear():
     for bad, message in bad_settings:
         with pytest.raises(ConfigError, match=message):
             GenerationRequest(prompt="x", **bad)
+
+
+@pytest.mark.parametrize("emphasis", ["original", "no-norm", "ignore", "none"])
+def test_emphasis_and_network_hashes_round_trip(emphasis):
+    extra = {"Lora hashes": "ink: 0123456789ab, oil: ba9876543210", "TI hashes": "qzxstyle: 00ff00ff00ff"}
+    request = GenerationRequest(prompt="a (cat:1.2) <lora:ink:0.5>", seed=1, emphasis=emphasis, extra=extra)
+    text = request.to_infotext()
+    assert ("Emphasis" in text) == (emphasis != "original")  # written when not the default, as A1111 does
+    assert 'Lora hashes: "ink: 0123456789ab, oil: ba9876543210"' in text
+    again = GenerationRequest.from_infotext(text)
+    assert again == request and again.extra == extra and again.to_infotext() == text
+    a1111 = "x\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, Emphasis: No norm"
+    assert GenerationRequest.from_infotext(a1111).emphasis == "no-norm"
+    with pytest.raises(ConfigError, match="unknown emphasis 'strong'"):
+        GenerationRequest(emphasis="strong")

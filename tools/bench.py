@@ -49,8 +49,8 @@ from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
-LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "tiling")
-DEFAULT_LINES = LINES[:7]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "prompt", "tiling")
+DEFAULT_LINES = LINES[:8]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
 TILED_SIZE = 2048
 
 
@@ -385,7 +385,7 @@ def measure(args) -> list[dict]:
             fresh_pair(f"load {kind}, warm page cache", f"load-warm{suffix}", warm_up=True, raw=file)
             fresh_pair(f"load {kind}, cold page cache", f"load-cold{suffix}", raw=file)
 
-    if {"text", "unet", "vae"} & set(args.only):
+    if {"text", "unet", "vae", "prompt"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
@@ -394,6 +394,10 @@ def measure(args) -> list[dict]:
                 row(line, *alternate(ours_fn, theirs_fn, args.repeats), work / rate, **extra)
             if "bf16" in args.only:
                 bf16_rows(ours_pipe, theirs_pipe, args, row)
+            if "prompt" in args.only:  # LoRA switching and weighted long prompts (tools/bench_prompts.py)
+                from bench_prompts import prompt_rows
+
+                prompt_rows(ours_pipe, theirs_pipe, args, row, alternate, cfg_latents)
         del ours_pipe, theirs_pipe
 
     if "e2e" in args.only:
@@ -413,6 +417,7 @@ NOTES = {
     "vs_raw": "ours / raw {:.2f}",
     "vs_file": "ours / file size {:.2f}",
     "flops_vs_floor": "ours does {:.2f} of the floor's FLOPs",
+    "vs_no_lora": "ours with / without the LoRA {:.3f}",
 }
 
 

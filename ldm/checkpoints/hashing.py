@@ -54,3 +54,16 @@ def _write(file: Path, data: dict) -> None:
         os.replace(tmp, file)
     except OSError:
         pass
+
+
+def short_hash(path: Path, *, safetensors_data: bool = False, digits: int = 12) -> str:
+    """A1111's short hash of a LoRA or embedding file: the first `digits` hex digits of the SHA-256 of the whole
+    file, or with `safetensors_data` of the bytes after the safetensors header (kohya's "addnet" hash, which A1111
+    uses for .safetensors LoRAs so that editing the metadata keeps the hash)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        if safetensors_data:
+            f.seek(8 + int.from_bytes(f.read(8), "little"))
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:digits]

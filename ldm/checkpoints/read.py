@@ -130,11 +130,26 @@ def read_pickle_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
             f"{path} is not a PyTorch checkpoint (no zip archive inside); pass an SD v1 .safetensors/.ckpt file"
         )
     plain = reads_plainly(path.stat().st_size)
+    data = load_restricted_pickle(path, mmap=not plain)
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]  # Lightning wraps the weights with epoch, global_step, callbacks, ...
+    if not isinstance(data, dict) or not any(isinstance(v, Tensor) for v in data.values()):
+        raise CheckpointError(f"{path} holds no tensors; it is not a model checkpoint")
+    tensors = {k: v for k, v in data.items() if isinstance(v, Tensor)}
+    if plain:
+        return tensors, False
+    remapped = remap(path, tensors)
+    return (tensors, True) if remapped is None else (remapped, False)
+
+
+def load_restricted_pickle(path: Path, *, mmap: bool = False) -> object:
+    """What a PyTorch pickle holds, read with torch's weights-only unpickler: tensors and plain containers; the
+    classes of training frameworks become inert placeholders, and any other global is refused (nothing runs)."""
     inert: list[tuple[type, str]] = []
     for _ in range(64):  # each round replaces one more framework global by _Inert
         try:
             with torch.serialization.safe_globals(inert):
-                data = torch.load(path, map_location="cpu", weights_only=True, mmap=not plain)
+                data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             break
         except pickle.UnpicklingError as e:
             name = _unsupported_global(str(e))
@@ -153,15 +168,7 @@ def read_pickle_checkpoint(path: Path) -> tuple[dict[str, Tensor], bool]:
             ) from None
     else:
         raise CheckpointError(f"{path} names too many unknown classes in its pickle; convert it to .safetensors first")
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]  # Lightning wraps the weights with epoch, global_step, callbacks, ...
-    if not isinstance(data, dict) or not any(isinstance(v, Tensor) for v in data.values()):
-        raise CheckpointError(f"{path} holds no tensors; it is not a model checkpoint")
-    tensors = {k: v for k, v in data.items() if isinstance(v, Tensor)}
-    if plain:
-        return tensors, False
-    remapped = remap(path, tensors)
-    return (tensors, True) if remapped is None else (remapped, False)
+    return data
 
 
 def _unsupported_global(message: str) -> str | None:

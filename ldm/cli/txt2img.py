@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.cli.parser import OneLineParser
+from ldm.cli.prompt_options import add_prompt_options, apply_prompt_options
 from ldm.errors import LdmError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -67,6 +68,7 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_prompt_options(p)
     return p
 
 
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
                          offload=args.offload, compile=args.compile)  # fmt: skip
     pipe.hash_model()
+    apply_prompt_options(pipe, args)
     request = pipe.request(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
         batch_size=args.batch_size,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
+        emphasis=args.emphasis,
         **image_settings,
     )
     if image is not None and args.width is None and args.height is None:

@@ -32,7 +32,7 @@ def guided_denoiser(
     pipe: Pipeline, request: GenerationRequest, prompts: list[str], negatives: list[str], concat=None
 ) -> CFGDenoiser:
     guided = request.guidance != 1  # guidance 1 needs no unconditional side
-    context = pipe.encode(prompts + negatives if guided else prompts, request.clip_skip)  # one encoder batch
+    context = pipe.encode(prompts + negatives if guided else prompts, request.clip_skip, request.emphasis)  # one batch
     context, uncond = (context[: len(prompts)], context[len(prompts) :]) if guided else (context, None)
     model = pipe.model
     plan_timestep = samplers.plan(request.sampler, request.steps, karras=request.karras).timestep

@@ -8,6 +8,7 @@ from several threads are served one at a time per pipeline (as A1111's queue loc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -29,12 +30,19 @@ from ldm.errors import ConfigError, LdmError
 from ldm.generate.request import GenerationRequest
 from ldm.generate.result import Result
 from ldm.models.attention import resolve_backend, set_attention_backend
+from ldm.networks.hash_fields import FIELDS as NETWORK_FIELDS
+from ldm.networks.hash_fields import hash_fields
+from ldm.networks.lora_tags import DEFAULT_FOLDER as LORA_FOLDER
+from ldm.networks.lora_tags import prompt_loras
+from ldm.networks.merged import LoraUse, MergedLoras
 from ldm.runtime.offload import MODES, ModelOffload, offload_sequentially
 from ldm.runtime.tiling import tiled_decode
 from ldm.runtime.weights import Weights, edit_weights
 from ldm.shipped import shipped
 from ldm.text.conditioning import PromptCache
+from ldm.text.embeddings import Embedding, Embeddings
 from ldm.text.tokenizer import Tokenizer
+from ldm.text.weighted import embeddings_used, encode_prompts
 
 WEIGHTS_DIR = shipped("weights")
 BUILTIN = WEIGHTS_DIR / "ldm-shapes.safetensors"
@@ -54,6 +62,12 @@ class Pipeline:
         self.prompt_cache = PromptCache()
         self.lock = threading.RLock()  # one generation at a time on this pipeline's device
         self.model_info: dict[str, str | None] = {"model": model.path.stem if model.path else "ldm-builtin"}
+        # Prompt control (ldm/text/, ldm/networks/): textual-inversion embeddings, and LoRAs merged into the weights:
+        # those load_lora added, plus those a call's prompt tags name (looked up in lora_dir).
+        self.embeddings = Embeddings(self.tokenizer, model.config.text_encoder.hidden_size)
+        self.loras = MergedLoras(model.config)
+        self.lora_uses: tuple[LoraUse, ...] = ()
+        self.lora_dir = LORA_FOLDER
 
     @classmethod
     def load(
@@ -164,6 +178,36 @@ class Pipeline:
             with edit_weights(getattr(self.model, component)) as weights:
                 yield weights
 
+    def load_embedding(self, path: str | Path, token: str | None = None) -> Embedding:
+        """Load a textual-inversion embedding; a prompt uses it by `token`, or by the file's stem (as A1111)."""
+        with self.lock:
+            return self.embeddings.load(path, token)
+
+    def load_lora(self, path: str | Path, te: float = 1.0, unet: float | None = None) -> None:
+        """Merge a LoRA into the weights at multipliers `te` (text encoder) and `unet` (default: te), until
+        unload_loras(). A file that cannot be merged raises and leaves the weights as they were."""
+        use = LoraUse(Path(path), te, te if unet is None else unet)
+        with self.lock:
+            self.loras.set((*self.lora_uses, use), self.edit_weights)
+            self.lora_uses += (use,)
+
+    def unload_loras(self) -> None:
+        """The weights as loaded again (no reload: from the backups of what the LoRAs changed)."""
+        with self.lock:
+            self.lora_uses = ()
+            self.loras.set((), self.edit_weights)
+
+    def _with_networks(self, request: GenerationRequest) -> GenerationRequest:
+        """Merge the LoRAs of load_lora and of the prompts' tags; the request notes them, and the embeddings its
+        prompts use, in its infotext fields (A1111's Lora hashes, TI hashes)."""
+        self.loras.set((*self.lora_uses, *prompt_loras(request.prompts, self.lora_dir)), self.edit_weights)
+        texts = [*request.prompts, *request.negative_prompts]
+        names = embeddings_used(texts, self.tokenizer, request.emphasis, self.embeddings)
+        used = [self.embeddings.by_name[n] for n in names]
+        fields = hash_fields(self.loras.applied, used, self.loras.short_hash)
+        kept = {k: v for k, v in request.extra.items() if k not in NETWORK_FIELDS}
+        return dataclasses.replace(request, extra={**kept, **fields})
+
     def request(self, **given: Any) -> GenerationRequest:
         """A request from keyword settings; those not given (or None) are this pipeline's defaults."""
         if isinstance(given.get("prompt"), list):
@@ -194,6 +238,7 @@ class Pipeline:
         from ldm.generate.txt2img import txt2img
 
         with self.lock:
+            request = self._with_networks(request)
             if hires(request) and (image is not None or is_inpainting_model(self)):
                 raise ConfigError("the hires fix needs an ordinary model and no init image (it is txt2img's 2nd pass)")
             if image is None and is_inpainting_model(self) and latents is None:
@@ -250,6 +295,7 @@ class Pipeline:
         latents: torch.Tensor | None = None,
         clip_skip: int | None = None,
         eta: float | None = None,
+        emphasis: str | None = None,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
         progress: bool = True,
     ) -> list[Image.Image]:
@@ -259,18 +305,22 @@ class Pipeline:
         request = self.request(
             prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, sampler=sampler,
             karras=karras, seed=seed, width=width, height=height, batch_size=batch_size, clip_skip=clip_skip, eta=eta,
+            emphasis=emphasis,
         )  # fmt: skip
         return self.generate(request, latents=latents, callback=callback, progress=progress).images
 
-    def encode(self, prompts: list[str], clip_skip: int) -> torch.Tensor:
-        """(B, T, C) text context; each distinct prompt is encoded once and remembered (ldm/text/conditioning.py)."""
+    def encode(self, prompts: list[str], clip_skip: int, emphasis: str = "original") -> torch.Tensor:
+        """(B, T, C) text context of A1111-syntax prompts (T = 77 per chunk; prompts of other chunk counts tiled,
+        ldm/text/context_length.py); each distinct prompt is encoded once and remembered (ldm/text/conditioning.py)."""
 
         @torch.no_grad()  # a cached row must not hold an autograd graph
-        def run(distinct: list[str]) -> torch.Tensor:
+        def run(distinct: list[str]) -> list[torch.Tensor]:
             self.activate(self.model.text_encoder)
-            return self.model.text_encoder(self.tokenizer(distinct).to(self.device), clip_skip=clip_skip)
+            return encode_prompts(self.model.text_encoder, self.tokenizer, distinct, clip_skip=clip_skip,
+                                  emphasis=emphasis, embeddings=self.embeddings, device=self.device)  # fmt: skip
 
-        return self.prompt_cache.encode(self.model.text_encoder, prompts, clip_skip, run)
+        depends_on = (id(self.embeddings), self.embeddings.revision)
+        return self.prompt_cache.encode(self.model.text_encoder, prompts, (clip_skip, emphasis), run, depends_on)
 
     def decode(self, latents: torch.Tensor, *, tiling: bool = False, slicing: bool = False) -> torch.Tensor:
         """Latents -> images in [-1, 1], float32; in tiles and one image at a time if asked."""

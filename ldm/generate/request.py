@@ -17,6 +17,7 @@ from ldm.errors import ConfigError
 from ldm.generate.image_settings import check_image_settings, image_fields, read_image_fields
 from ldm.outputs.infotext import format_infotext, parse_infotext
 from ldm.sampling import samplers
+from ldm.text import emphasis as emphases
 
 # A1111's own names for the settings it writes, in its order (Schedule type only when not automatic).
 KEYS = {"steps": "Steps", "sampler": "Sampler", "karras": "Schedule type", "guidance": "CFG scale", "seed": "Seed",
@@ -53,6 +54,7 @@ class GenerationRequest:
     hires_resize: tuple[int, int] | None = None  # the hires fix's target width and height instead of a scale
     hires_steps: int = 0  # steps of the hires pass; 0: the same as the first pass
     hires_upscaler: str = "Latent"  # A1111's upscaler names: the Latent modes, Lanczos, Nearest
+    emphasis: str = emphases.DEFAULT  # how prompt weights act (ldm/text/emphasis.py; A1111's option)
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # infotext fields ldm does not use
 
     def __post_init__(self) -> None:
@@ -74,6 +76,7 @@ class GenerationRequest:
             raise ConfigError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         samplers.check(self.sampler, self.steps, karras=self.karras, eta=self.eta)
         check_image_settings(self)
+        emphases.check_mode(self.emphasis)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -116,6 +119,7 @@ class GenerationRequest:
             KEYS["clip_skip"]: self.clip_skip if self.clip_skip != 1 else None,
             KEYS["eta"]: self.eta if self.eta else None,
             **image_fields(self),
+            "Emphasis": emphases.A1111_NAMES[self.emphasis] if self.emphasis != emphases.DEFAULT else None,
         }
         fields.update((k, v) for k, v in self.extra.items() if k not in fields or fields[k] is None)
         return format_infotext(prompts[index], negatives[index], fields)
@@ -147,6 +151,8 @@ class GenerationRequest:
             given.update(read_image_fields(fields))
             if "Eta" in fields and "eta" in samplers.SPECS[given.get("sampler", cls.sampler)].options:
                 given["eta"] = float(fields.pop("Eta"))  # A1111 writes an eta for samplers that ignore it too
+            if "Emphasis" in fields:
+                given["emphasis"] = emphases.from_a1111(fields.pop("Emphasis"))
         except ValueError as e:
             raise ConfigError(f"a setting in this infotext is not a number ({e}); fix it or leave it out") from None
         return cls(**given, extra=fields)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -70,9 +72,13 @@ class CLIPEmbeddings(nn.Module):
         self.token_embedding = _embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = _embedding(cfg.max_position_embeddings, cfg.hidden_size)
 
-    def forward(self, ids: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, vectors: Sequence[tuple[int, int, Tensor]] = ()) -> Tensor:
+        """`vectors`: (row, position, (n, C)) written over the token embeddings there (textual inversion)."""
+        x = self.token_embedding(ids)
+        for row, position, v in vectors:
+            x[row, position : position + v.shape[0]] = v.to(x.dtype)
         # Positions are always 0..T-1: no position_ids buffer (the original files carry one; it is unused).
-        return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
+        return x + self.position_embedding.weight[: ids.shape[1]]
 
 
 class CLIPEncoder(nn.Module):
@@ -97,15 +103,16 @@ class TextEncoder(nn.Module):
         self.config = cfg
         self.text_model = CLIPTextTransformer(cfg)
 
-    def forward(self, ids: Tensor, clip_skip: int = 1) -> Tensor:
+    def forward(self, ids: Tensor, clip_skip: int = 1, vectors: Sequence[tuple[int, int, Tensor]] = ()) -> Tensor:
         """clip_skip as AUTOMATIC1111 counts it: 1 = the last layer's output, 2 = the layer before, ...
 
-        The final layer norm is applied in every case, as A1111 and diffusers do.
+        The final layer norm is applied in every case, as A1111 and diffusers do. `vectors` (row, position, (n, C))
+        replace token embeddings (textual inversion), before the position embeddings are added.
         """
         layers = self.text_model.encoder.layers
         if not 1 <= clip_skip <= len(layers):
             raise ConfigError(f"clip_skip must be between 1 and {len(layers)}, got {clip_skip}")
-        x = self.text_model.embeddings(ids)  # (B, T, C)
+        x = self.text_model.embeddings(ids, vectors)  # (B, T, C)
         for layer in layers[: len(layers) - clip_skip + 1]:
             x = layer(x)
         return self.text_model.final_layer_norm(x)

@@ -37,6 +37,9 @@ class Weights:
             raise KeyError(name) from None
         if not isinstance(tensor, Tensor):
             raise KeyError(name)
+        if tensor.is_inference():  # made under torch.inference_mode (a layer unpacked there): not editable in place
+            with torch.inference_mode(False):
+                tensor = _replace(self.module.get_submodule(owner), leaf, tensor.clone())
         return tensor
 
     def __contains__(self, name: object) -> bool:
@@ -52,7 +55,16 @@ def edit_weights(module: nn.Module) -> Iterator[Weights]:
     """Yield `module`'s weights to change in place (under no_grad); bump its revision afterwards, even if the
     edit failed half-way (then some weights may have changed: nothing computed before stays valid)."""
     try:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():  # an edit also works inside an inference_mode block
             yield Weights(module)
     finally:
         module.weights_revision = weights_revision(module) + 1
+
+
+def _replace(owner: nn.Module, leaf: str, tensor: Tensor) -> Tensor:
+    """Put `tensor` where `owner.<leaf>` was, as a Parameter if that was one, and return what is there now."""
+    old = getattr(owner, leaf)
+    setattr(
+        owner, leaf, nn.Parameter(tensor, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else tensor
+    )
+    return getattr(owner, leaf)

@@ -3,21 +3,23 @@
 A batch repeats prompts (batch_size, one negative prompt for every image) and a seed sweep repeats whole
 calls; AUTOMATIC1111 and ComfyUI skip that work too. An encoding is only valid for the weights that made it:
 the cache is keyed by the encoder's weights revision (bumped by ldm/runtime/weights.py's edit_weights), dtype
-and device, and empties itself when those change. It is safe to share between threads.
+and device, and what else the caller says the encoding depends on (the loaded embeddings), and empties itself
+when those change. Entries are keyed by the prompt and its settings (clip skip, emphasis). Prompts of different
+lengths come back tiled to one (ldm/text/context_length.py). It is safe to share between threads.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ldm.runtime.weights import weights_revision
+from ldm.text.context_length import stack_contexts
 
-CACHED_PROMPTS = 64  # distinct (prompt, clip_skip) encodings kept, least recently used dropped first
+CACHED_PROMPTS = 64  # distinct (prompt, settings) encodings kept, least recently used dropped first
 
 
 def weights_state(module: nn.Module) -> tuple:
@@ -29,33 +31,40 @@ def weights_state(module: nn.Module) -> tuple:
 class PromptCache:
     def __init__(self, size: int = CACHED_PROMPTS):
         self.size = size
-        self.entries: OrderedDict[tuple[str, int], Tensor] = OrderedDict()
+        self.entries: OrderedDict[tuple[str, Hashable], Tensor] = OrderedDict()
         self.state: tuple | None = None
         self.lock = threading.Lock()
 
     def encode(
-        self, encoder: nn.Module, prompts: list[str], clip_skip: int, run: Callable[[list[str]], Tensor]
+        self,
+        encoder: nn.Module,
+        prompts: list[str],
+        settings: Hashable,
+        run: Callable[[list[str]], Sequence[Tensor]],
+        depends_on: Hashable = None,
     ) -> Tensor:
-        """(len(prompts), T, C): cached rows where present, `run(missing prompts)` for the rest."""
-        state = weights_state(encoder)
+        """(len(prompts), T, C): cached rows where present, `run(missing prompts)` (a context each) for the rest.
+        `settings` (clip skip, emphasis, ...) are part of each entry's key; a change of `depends_on` empties the
+        cache as a weights change does."""
+        state = (weights_state(encoder), depends_on)
         with self.lock:
             if state != self.state:
                 self.entries.clear()
                 self.state = state
-            missing = [p for p in dict.fromkeys(prompts) if (p, clip_skip) not in self.entries]
+            missing = [p for p in dict.fromkeys(prompts) if (p, settings) not in self.entries]
         found = dict(zip(missing, run(missing), strict=True)) if missing else {}
         with self.lock:
             rows = []
             for prompt in prompts:
                 row = found.get(prompt)
                 if row is None:
-                    row = self.entries.get((prompt, clip_skip))
+                    row = self.entries.get((prompt, settings))
                 if row is None:  # evicted by another thread meanwhile: encode it again
                     row = run([prompt])[0]
                 if self.state == state:
-                    self.entries[(prompt, clip_skip)] = row.clone() if prompt in found else row
-                    self.entries.move_to_end((prompt, clip_skip))
+                    self.entries[(prompt, settings)] = row.clone() if prompt in found else row
+                    self.entries.move_to_end((prompt, settings))
                 rows.append(row)
             while len(self.entries) > self.size:
                 self.entries.popitem(last=False)
-        return torch.stack(rows)
+        return stack_contexts(rows)
