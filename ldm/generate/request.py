@@ -20,6 +20,7 @@ from ldm.sampling import samplers
 # A1111's own names for the settings it writes, in its order (Schedule type only when not automatic).
 KEYS = {"steps": "Steps", "sampler": "Sampler", "karras": "Schedule type", "guidance": "CFG scale", "seed": "Seed",
         "size": "Size", "clip_skip": "Clip skip", "eta": "Eta"}  # fmt: skip
+VAE_DECODERS = ("full", "taesd")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class GenerationRequest:
     batch_size: int = 1  # images per prompt
     vae_tiling: bool = False  # decode in overlapping tiles: large images in bounded memory
     vae_slicing: bool = False  # decode a batch one image at a time
+    vae_decoder: str = "full"  # "taesd": the pipeline's TAESD decodes (fast, approximate); A1111 writes `VAE: taesd`
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # infotext fields ldm does not use
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class GenerationRequest:
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be a whole number from 0 to 2^63 - 1, got {self.seed}")
         samplers.check(self.sampler, self.steps, karras=self.karras, eta=self.eta)
+        if self.vae_decoder not in VAE_DECODERS:
+            raise ConfigError(f"vae_decoder must be one of {', '.join(VAE_DECODERS)}, got {self.vae_decoder!r}")
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -99,6 +103,7 @@ class GenerationRequest:
             KEYS["size"]: f"{self.width}x{self.height}",
             "Model hash": model.get("model_hash"),
             "Model": model.get("model"),
+            "VAE": "taesd" if self.vae_decoder == "taesd" else None,
             KEYS["clip_skip"]: self.clip_skip if self.clip_skip != 1 else None,
             KEYS["eta"]: self.eta if self.eta else None,
         }
@@ -127,6 +132,8 @@ class GenerationRequest:
             if "Size" in fields:
                 width, _, height = fields.pop("Size").partition("x")
                 given["width"], given["height"] = int(width), int(height)
+            if fields.get("VAE") == "taesd":  # any other VAE name is a file ldm does not swap in: kept in extra
+                given["vae_decoder"] = fields.pop("VAE")
             if "Clip skip" in fields:
                 given["clip_skip"] = int(fields.pop("Clip skip"))
             if "Eta" in fields and "eta" in samplers.SPECS[given.get("sampler", cls.sampler)].options:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +25,7 @@ def txt2img(
     request: GenerationRequest,
     *,
     latents: torch.Tensor | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: samplers.Callback | None = None,
     progress: bool = True,
 ) -> Result:
     model = pipe.model
@@ -57,15 +56,15 @@ def txt2img(
     pipe.activate(model.unet)
     with tqdm(total=len(plan.sigmas) - 1, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
 
-        def on_step(i: int, n: int, x: torch.Tensor) -> None:
+        def on_step(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             bar.update(1)
             if callback is not None:
-                callback(i, n, x)
+                callback(i, n, x, denoised)
 
         x = samplers.run(plan, denoiser, latents.to(pipe.device, torch.float32), generators=generators,
                          eta=request.eta, callback=on_step, prediction_type=prediction_type)  # fmt: skip
     if pipe.device.type == "cpu":
         release_free_memory()  # the U-Net's freed activations, before the VAE's buffers (peak RSS)
-    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing))
+    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing, decoder=request.vae_decoder))
     infotexts = [request.to_infotext(i, **pipe.model_info) for i in range(len(images))]
     return Result(images, seeds, infotexts, x, request)

@@ -21,7 +21,7 @@ from ldm.errors import ConfigError
 from ldm.sampling import schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
-Callback = Callable[[int, int, Tensor], None]  # (step, total, x)
+Callback = Callable[[int, int, Tensor, Tensor], None]  # (step, total, x after the step, denoised x0 it stepped from)
 Generators = list[torch.Generator] | None  # one per batch element, so each image reproduces alone
 
 
@@ -141,18 +141,20 @@ def _eps(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _report(callback: Callback | None, i: int, total: int, x: Tensor) -> None:
+def _report(callback: Callback | None, i: int, total: int, x: Tensor, denoised: Tensor) -> None:
+    """After step i: the new x, and the denoiser's x0 estimate at the step's start (what previews show)."""
     if callback is not None:
-        callback(i, total, x)
+        callback(i, total, x, denoised)
 
 
 def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Generators = None, callback=None) -> Tensor:
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn); = DDIM, eta 0."""
     n = len(sigmas) - 1
     for i in range(n):
-        d = _eps(x, model(x, sigmas[i]), sigmas[i])
+        denoised = model(x, sigmas[i])
+        d = _eps(x, denoised, sigmas[i])
         x = x + d * (sigmas[i + 1] - sigmas[i])
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -163,12 +165,13 @@ def sample_euler_a(
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
         sigma_down = (s_next**2 - sigma_up**2) ** 0.5
         x = x + d * (sigma_down - s)
         x = x + noise_like(x, generators) * sigma_up  # drawn on every step, the last included, as diffusers does
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -177,14 +180,15 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         x_euler = x + d * (s_next - s)
         if s_next > 0:
             d_next = _eps(x_euler, model(x_euler, s_next), s_next)
             x = x + (d + d_next) / 2 * (s_next - s)
         else:
             x = x_euler
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -193,14 +197,15 @@ def sample_dpm2(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         if s_next > 0:
             s_mid = torch.lerp(s_next.log(), s.log(), 0.5).exp()
             x_mid = x + d * (s_mid - s)
             x = x + _eps(x_mid, model(x_mid, s_mid), s_mid) * (s_next - s)
         else:
             x = x + d * (s_next - s)
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -220,11 +225,12 @@ def sample_lms(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Genera
     grid = sigmas.double().cpu().numpy()
     history: list[Tensor] = []
     for i in range(n):
-        history = [*history, _eps(x, model(x, sigmas[i]), sigmas[i])][-4:]
+        denoised = model(x, sigmas[i])
+        history = [*history, _eps(x, denoised, sigmas[i])][-4:]
         order = len(history)
         coefficients = [lms_coefficient(grid, i, order, j) for j in range(order)]
         x = x + sum(c * d for c, d in zip(coefficients, reversed(history), strict=True))
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -244,7 +250,7 @@ def sample_ddim(
             std = eta * ((1 - a_next) / (1 - a) * (1 - a / a_next)) ** 0.5  # DDIM eq. 16, in x_t scale
             x_t = a_next**0.5 * denoised + (1 - a_next - std**2) ** 0.5 * eps + std * noise_like(x, generators)
             x = x_t / a_next**0.5
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -265,10 +271,10 @@ def sample_plms(
     """
     v_model = prediction_type == "v_prediction"
 
-    def output(x: Tensor, s: Tensor) -> Tensor:  # the model's own prediction, from the denoiser's x0
+    def output(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:  # the model's own prediction, and the x0 it gives
         denoised = model(x, s)
         eps = _eps(x, denoised, s)
-        return (eps - s * denoised) / (s**2 + 1) ** 0.5 if v_model else eps  # v = sqrt(a) eps - sqrt(1-a) x0
+        return (eps - s * denoised) / (s**2 + 1) ** 0.5 if v_model else eps, denoised  # v = sqrt(a) eps - sqrt(1-a) x0
 
     def to_eps(out: Tensor, x: Tensor, s: Tensor) -> Tensor:  # eps = sqrt(a) v + sqrt(1-a) x_t, x_t = sqrt(a) x
         return (out + s * x / (s**2 + 1) ** 0.5) / (s**2 + 1) ** 0.5 if v_model else out
@@ -277,12 +283,12 @@ def sample_plms(
     history: list[Tensor] = []
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        out = output(x, s)
+        out, denoised = output(x, s)
         if i == 0:
             history = [out]
             if n > 1:  # diffusers evaluates the second timestep twice to start the multistep
                 x_next = x + to_eps(out, x, s) * (s_next - s)
-                out = (out + output(x_next, s_next)) / 2
+                out = (out + output(x_next, s_next)[0]) / 2
         else:
             history.append(out)
             e = history[-4:][::-1]
@@ -293,7 +299,7 @@ def sample_plms(
             else:
                 out = (55 * e[0] - 59 * e[1] + 37 * e[2] - 9 * e[3]) / 24
         x = x + to_eps(out, x, s) * (s_next - s)
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -310,7 +316,7 @@ def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
         variance = ((1 - a_next) / (1 - a) * beta).clamp(min=1e-20)
         x_t = mean + variance**0.5 * noise_like(x, generators)  # drawn on the last step too, as diffusers does
         x = x_t / a_next**0.5
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -348,7 +354,7 @@ def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, sde: bool, generato
         else:
             x = s_next / s * x - torch.expm1(-h) * d
         previous = denoised
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 
@@ -365,7 +371,7 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gene
         order = min(2, n - i, i + 1)  # warm up; lower_order_final
         last_x, last_order = x, order
         x = _unipc_update(x, sigmas, i, outputs, order, None)
-        _report(callback, i, n, x)
+        _report(callback, i, n, x, denoised)
     return x
 
 

@@ -1,0 +1,167 @@
+"""Distil a TAESD for the built-in model from its own VAE: previews and `--vae-decoder taesd` out of the box.
+
+    nice python tools/train_taesd.py                      # resumes from runs/ldm-shapes-taesd if killed
+    python tools/train_taesd.py --eval-only               # PSNR and decode time of the shipped file
+
+TAESD's objective, without its adversarial term: the encoder learns the VAE's scaled latent means of rendered
+scenes (MSE), the decoder learns the full decoder's images of those latents (the VAE's own reconstruction loss,
+object pixels weighted). A third of the decoder's latents are blends of two scenes' latents, as the blurry x0
+predictions of early sampling steps are, so previews follow the full decoder there too. Writes
+weights/ldm-shapes-taesd.safetensors (float16, ldm's TAESD layout) and reports PSNR against the full decoder
+on the eval scenes of tools/eval.py, encoded and generated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+import scenes  # noqa: E402
+from train import reconstruction_loss  # noqa: E402
+
+from ldm.checkpoints.taesd import load_taesd  # noqa: E402
+from ldm.cli.parser import OneLineParser  # noqa: E402
+from ldm.generate.pipeline import BUILTIN, Pipeline  # noqa: E402
+from ldm.models.taesd import TAESD, TAESDConfig  # noqa: E402
+
+CONFIG = TAESDConfig(channels=32, encoder_blocks=(1, 3, 3), decoder_blocks=(3, 3, 1))  # 4x, as the built-in VAE
+OUT = BUILTIN.with_name("ldm-shapes-taesd.safetensors")
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Atomically: a kill during the write leaves the previous state intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def make_data(pipe: Pipeline, n: int, seed: int, run: Path) -> dict[str, torch.Tensor]:
+    """Rendered scenes, their scaled latents, blends of latents, and the full decoder's image of each latent."""
+    cache = run / "data.pt"
+    if cache.exists():
+        return torch.load(cache, weights_only=True)
+    vae, scale = pipe.model.vae, pipe.model.config.vae.scale_factor
+    images = scenes.to_tensor([s.render() for s, _ in tqdm(scenes.sample(n, seed), desc="render")])
+    latents = torch.cat([vae.encode(images[i : i + 256]).mean for i in range(0, n, 256)]) * scale
+    g = torch.Generator().manual_seed(seed)
+    other, t = latents[torch.randperm(n, generator=g)], torch.rand(n, 1, 1, 1, generator=g)
+    blends = torch.lerp(latents, other, t)[: n // 2]
+    decoder_latents = torch.cat([latents, blends])
+    teacher = torch.cat([pipe.decode(decoder_latents[i : i + 256]) for i in tqdm(range(0, len(decoder_latents), 256),
+                                                                                  desc="teacher")])  # fmt: skip
+    data = {"images": images, "latents": latents, "decoder_latents": decoder_latents, "teacher": teacher.clamp(-1, 1)}
+    save_state(cache, data)
+    return data
+
+
+def train(model: TAESD, data: dict[str, torch.Tensor], args, run: Path) -> None:
+    state_file, start = run / "state.pt", 0
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - 0.9 * step / args.steps, last_epoch=start - 1)
+    model.train()
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="taesd")
+    for step in bar:
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        i = torch.randint(len(data["images"]), (args.batch,), generator=g)
+        j = torch.randint(len(data["decoder_latents"]), (args.batch,), generator=g)
+        encoder_loss = torch.nn.functional.mse_loss(model.encode(data["images"][i]), data["latents"][i])
+        decoder_loss = reconstruction_loss(model.decode(data["decoder_latents"][j]), data["teacher"][j])
+        opt.zero_grad(set_to_none=True)
+        (encoder_loss + decoder_loss).backward()
+        opt.step()
+        schedule.step()
+        bar.set_postfix(enc=f"{encoder_loss.item():.4f}", dec=f"{decoder_loss.item():.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_state(state_file, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1})
+    model.eval().requires_grad_(False)
+
+
+def psnr(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """Over the whole set, images in [-1, 1] taken to [0, 1] as the PNG would be."""
+    mse = ((ours.clamp(-1, 1) - reference.clamp(-1, 1)) / 2).pow(2).mean().item()
+    return 10 * torch.log10(torch.tensor(1 / mse)).item()
+
+
+def timed(decode, z: torch.Tensor, repeats: int = 5) -> float:
+    decode(z)  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        decode(z)
+    return (time.perf_counter() - started) / repeats
+
+
+@torch.no_grad()
+def evaluate(pipe: Pipeline, taesd: TAESD, n: int) -> None:
+    """PSNR against the full decoder on tools/eval.py's scenes (held-in and held-out, seed 2024): the VAE's
+    latents of their renders, and the latents the built-in model generates from their captions."""
+    vae, scale = pipe.model.vae, pipe.model.config.vae.scale_factor
+    for label, held_out in (("held-in", False), ("held-out", True)):
+        targets = [s for s, _ in scenes.sample(n, seed=2024, held_out=held_out)]
+        renders = scenes.to_tensor([s.render() for s in targets])
+        encoded = vae.encode(renders).mean * scale
+        generated = pipe.generate(pipe.request(prompt=tuple(t.caption(0) for t in targets), seed=1000),
+                                  progress=False).latents  # fmt: skip
+        for kind, z in (("encoded", encoded), ("generated", generated)):
+            print(f"PSNR vs the full decoder, {label} eval scenes, {kind} latents: "
+                  f"{psnr(taesd.decode(z), pipe.decode(z)):.1f} dB (n={n})")  # fmt: skip
+        if not held_out:
+            rmse = (taesd.encode(renders) - encoded).pow(2).mean().sqrt()
+            print(f"TAESD encoder: latent RMSE {rmse:.3f} against the VAE's (latent std {encoded.std():.3f})")
+    for size in (16, 64):
+        z = torch.randn(1, 4, size, size)
+        full, tiny = timed(pipe.decode, z), timed(taesd.decode, z)
+        print(f"decode of one {size}x{size} latent: full VAE {full * 1000:.1f} ms, TAESD {tiny * 1000:.1f} ms "
+              f"(ratio {tiny / full:.3f}, {torch.get_num_threads()} threads)")  # fmt: skip
+
+
+def write(model: TAESD, out: Path) -> None:
+    tmp = out.with_suffix(".tmp")
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(tmp),
+              metadata={"format": "pt", "ldm_taesd_for": "ldm-shapes (the built-in model)"})  # fmt: skip
+    os.replace(tmp, out)
+
+
+def main() -> None:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--run", type=Path, default=Path("runs/ldm-shapes-taesd"), help="resumable training state")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dataset", type=int, default=3072, help="rendered scenes (and half as many blends)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=25)
+    parser.add_argument("--eval-n", type=int, default=64, help="eval scenes per row")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --out, train nothing")
+    args = parser.parse_args()
+    torch.manual_seed(args.seed)
+    started = time.time()
+    pipe = Pipeline.load(device="cpu")
+    if args.eval_only:
+        evaluate(pipe, load_taesd(args.out), args.eval_n)
+        return
+    args.run.mkdir(parents=True, exist_ok=True)
+    data = make_data(pipe, args.dataset, args.seed + 7, args.run)
+    model = TAESD(CONFIG)
+    train(model, data, args, args.run)
+    write(model, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in {(time.time() - started) / 60:.1f} min")
+    evaluate(pipe, load_taesd(args.out), args.eval_n)
+
+
+if __name__ == "__main__":
+    main()
