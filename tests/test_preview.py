@@ -33,7 +33,7 @@ def pipe(files):
 
 
 def settings(pipe, **kw) -> GenerationRequest:
-    return pipe.request(prompt="a red cube", steps=5, seed=3, width=64, height=48, sampler="euler_a", **kw)
+    return pipe.request(prompt="a red cube", steps=5, seed=3, width=64, height=48, sampler="dpmpp_2m", **kw)
 
 
 @pytest.mark.parametrize("method", ["approx", "taesd", "full"])
@@ -121,3 +121,14 @@ def test_the_built_in_model_previews_and_decodes_with_its_own_taesd():
     full, fast = (pipe.generate(request.replace(vae_decoder=d), progress=False) for d in ("full", "taesd"))
     a, b = (np.asarray(r.images[0]).astype(float) / 255 for r in (full, fast))
     assert 10 * np.log10(1 / ((a - b) ** 2).mean()) > 20  # dB against the full decoder
+
+
+def test_a_full_preview_under_model_offload_hands_the_device_back_to_the_u_net(files):
+    pipe = Pipeline.load(files[0], device="cpu", offload="model", taesd=files[1])
+    plain = pipe.generate(settings(pipe), progress=False)
+    on_device = []  # checked at each step's callback, which runs before that step's preview
+    unet = id(pipe.model.unet)
+    result = pipe.generate(settings(pipe), progress=False, preview=Preview(lambda *a: None, "full"),
+                           callback=lambda *a: on_device.append(pipe.offload.active == unet))  # fmt: skip
+    assert on_device == [True] * 5
+    assert result.images[0].tobytes() == plain.images[0].tobytes()

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ldm.cli.parser import OneLineParser
+from ldm.cli.preview_options import add_preview_options, check_preview_options, preview_file
 from ldm.errors import LdmError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_preview_options(p)
     return p
 
 
@@ -71,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.n_iter < 1 or args.batch_size < 1:
         raise LdmError("--batch-size and --n-iter must be at least 1")
     _check_outdir(args.outdir)
+    check_preview_options(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
-                         offload=args.offload, compile=args.compile)  # fmt: skip
+                         offload=args.offload, compile=args.compile, taesd=args.taesd)  # fmt: skip
     pipe.hash_model()
     request = pipe.request(
         prompt=args.prompt,
@@ -90,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
+        vae_decoder=args.vae_decoder,
     ).with_seed()
     for _ in range(args.n_iter):
-        result = pipe.generate(request, progress=not args.quiet)
-        for image, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
-            print(save_png(image, args.outdir, seed, infotext))
+        with preview_file(args, request.seed) as (preview, previews):
+            result = pipe.generate(request, progress=not args.quiet, preview=preview)
+            for image, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
+                path = save_png(image, args.outdir, seed, infotext)
+                previews.saved = previews.saved or path  # the preview showed image 0
+                print(path)
         request = request.replace(seed=request.seed + args.batch_size)
     return 0
 
