@@ -86,6 +86,14 @@ def test_without_a_taesd_the_taesd_options_say_what_to_pass(files, tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
 
 
+def test_the_cli_choices_are_the_library_s():
+    from ldm.cli import preview_options
+    from ldm.generate import preview, request
+
+    assert preview_options.METHODS == preview.METHODS
+    assert preview_options.DECODERS == request.VAE_DECODERS
+
+
 def test_a_preview_is_replaced_whole(tmp_path):
     """Each write lands by rename: a reader sees the previous preview or the next, never a partial file."""
     preview = PreviewFile(tmp_path, 7)

@@ -8,12 +8,14 @@ scenes (MSE), the decoder learns the full decoder's images of those latents (the
 object pixels weighted). A third of the decoder's latents are blends of two scenes' latents, as the blurry x0
 predictions of early sampling steps are, so previews follow the full decoder there too. Writes
 weights/ldm-shapes-taesd.safetensors (float16, ldm's TAESD layout) and reports PSNR against the full decoder
-on the eval scenes of tools/eval.py, encoded and generated.
+on the eval scenes of tools/eval.py, encoded and generated; also fits the built-in model's approx preview map
+(weights/ldm-shapes-approx.json: its latents are not SD v1's, so A1111's coefficients do not fit them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -30,6 +32,7 @@ from train import reconstruction_loss  # noqa: E402
 from ldm.checkpoints.taesd import load_taesd  # noqa: E402
 from ldm.cli.parser import OneLineParser  # noqa: E402
 from ldm.generate.pipeline import BUILTIN, Pipeline  # noqa: E402
+from ldm.generate.preview import BUILTIN_RGB  # noqa: E402
 from ldm.models.taesd import TAESD, TAESDConfig  # noqa: E402
 
 CONFIG = TAESDConfig(channels=32, encoder_blocks=(1, 3, 3), decoder_blocks=(3, 3, 1))  # 4x, as the built-in VAE
@@ -90,6 +93,25 @@ def train(model: TAESD, data: dict[str, torch.Tensor], args, run: Path) -> None:
     model.eval().requires_grad_(False)
 
 
+def fit_approx(data: dict[str, torch.Tensor], vae_downscale: int, out: Path) -> None:
+    """The built-in model's "Approx cheap" map: least squares from each latent pixel's 4 channels (and 1) to the
+    mean colour of the full decoder's pixels above it."""
+    latents = data["latents"]
+    colours = torch.nn.functional.avg_pool2d(data["teacher"][: len(latents)], vae_downscale)
+    x = torch.cat([latents, torch.ones_like(latents[:, :1])], dim=1).permute(0, 2, 3, 1).reshape(-1, 5)
+    y = colours.permute(0, 2, 3, 1).reshape(-1, 3)
+    solution = torch.linalg.lstsq(x.double(), y.double()).solution.float()  # (5, 3): 4 channel rows, then bias
+    error = (x @ solution - y).pow(2).mean().sqrt().item()
+    fit = {"source": f"tools/train_taesd.py: least squares over {len(latents)} rendered scenes' scaled latents "
+                     f"to the full decoder's colours ({vae_downscale}x{vae_downscale} means); RMSE {error:.3f} "
+                     "in the [-1, 1] image range", "weights": [[round(v, 4) for v in row] for row in
+                     solution[:4].tolist()], "bias": [round(v, 4) for v in solution[4].tolist()]}  # fmt: skip
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fit, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}: approx map RMSE {error:.3f} (image range [-1, 1])")
+
+
 def psnr(ours: torch.Tensor, reference: torch.Tensor) -> float:
     """Over the whole set, images in [-1, 1] taken to [0, 1] as the PNG would be."""
     mse = ((ours.clamp(-1, 1) - reference.clamp(-1, 1)) / 2).pow(2).mean().item()
@@ -147,6 +169,7 @@ def main() -> None:
     parser.add_argument("--save-every", type=int, default=25)
     parser.add_argument("--eval-n", type=int, default=64, help="eval scenes per row")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --out, train nothing")
+    parser.add_argument("--approx-only", action="store_true", help="fit the approx preview map only (cached data)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     started = time.time()
@@ -156,6 +179,9 @@ def main() -> None:
         return
     args.run.mkdir(parents=True, exist_ok=True)
     data = make_data(pipe, args.dataset, args.seed + 7, args.run)
+    fit_approx(data, pipe.model.config.vae.downscale, BUILTIN_RGB)
+    if args.approx_only:
+        return
     model = TAESD(CONFIG)
     train(model, data, args, args.run)
     write(model, args.out)

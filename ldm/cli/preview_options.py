@@ -12,12 +12,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from ldm.errors import LdmError
 from ldm.outputs.files import new_file
-from ldm.outputs.png import next_number
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 METHODS = ("none", "approx", "taesd", "full")  # = ldm/generate/preview.py's; this module loads no torch
 DECODERS = ("full", "taesd")
@@ -53,6 +54,8 @@ class PreviewFile:
     """The preview of one batch: `show` is what Pipeline.generate(preview=Preview(show, ...)) calls."""
 
     def __init__(self, outdir: Path, seed: int):
+        from ldm.outputs.png import next_number  # torch and PIL load once a command runs, not for --help
+
         self.outdir = outdir
         self.path = outdir / f"{next_number(outdir) if outdir.is_dir() else 0:05d}-{seed}{SUFFIX}"
         self.saved: Path | None = None  # where image 0 was written, once it is

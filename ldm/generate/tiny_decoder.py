@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from ldm.generate.pipeline import Pipeline
 
 BUILTIN_TAESD = shipped("weights") / "ldm-shapes-taesd.safetensors"  # made by tools/train_taesd.py
-DECODERS = ("full", "taesd")
 
 
 def attach_taesd(pipe: Pipeline, path: str | Path | None) -> None:
