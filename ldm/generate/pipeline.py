@@ -231,7 +231,8 @@ class Pipeline:
     ) -> list[Image.Image]:
         """Generate images; settings as in AUTOMATIC1111 (see GenerationRequest), None = the model's default
         (SD v1: 50 steps, guidance 7.5, PNDM/plms, 512x512). Image i of the batch uses seed + i with its own CPU
-        generator, so every image reproduces alone; `pipe.generate` also returns the seeds and infotexts."""
+        generator, so every image reproduces alone; `pipe.generate` also returns the seeds and infotexts.
+        callback and preview: as for `generate`."""
         request = self.request(
             prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, sampler=sampler,
             karras=karras, seed=seed, width=width, height=height, batch_size=batch_size, clip_skip=clip_skip, eta=eta,
