@@ -30,6 +30,17 @@ def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):
     assert "| U-Net with CFG (batch 2), 64x64 (s) |" in capsys.readouterr().out
 
 
+def test_taesd_lines_on_a_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "taesd", "--cache", str(tmp_path),
+                "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())[1:]
+    assert [r["line"] for r in rows] == ["TAESD decode, 64x64 (s)",
+                                         "preview overhead, taesd every 5, 20 steps, 64x64 (share)"]  # fmt: skip
+    assert rows[0]["ours"] > 0 and rows[0]["diffusers"] > 0 and rows[0]["vs_full_vae"] > 0
+    assert 0 < rows[1]["ours"] < 1 and rows[1]["previews"] == 3 and rows[1]["preview_seconds"] > 0
+
+
 def test_fresh_process_load_reports_time_and_memory(tmp_path):
     bench.weights("tiny", tmp_path)
     command = [sys.executable, str(TOOLS / "bench.py"), "--child", "ours", "load-cold", "--model", "tiny",

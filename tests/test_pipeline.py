@@ -114,7 +114,7 @@ def test_callback_sees_every_step(pipe):
         progress=False,
         width=64,
         height=64,
-        callback=lambda i, n, x: seen.append((i, n)),
+        callback=lambda i, n, x, denoised: seen.append((i, n)),
     )
     assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
 

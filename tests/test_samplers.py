@@ -136,7 +136,7 @@ def test_img2img_runs_the_steps_diffusers_runs_and_refuses_strengths_that_run_no
 def test_a_callback_can_replace_the_latents_between_steps():
     seen = []
 
-    def keep_zero(i, n, x):
+    def keep_zero(i, n, x, denoised):
         seen.append(i)
         return torch.zeros_like(x)
 
@@ -235,3 +235,30 @@ def test_an_unknown_prediction_type_is_a_one_line_error():
     plan = samplers.plan("plms", 2)
     with pytest.raises(ConfigError, match="unknown prediction_type 'sample'"):
         samplers.run(plan, lambda x, s: x, torch.zeros(1, 4, 8, 8), prediction_type="sample")
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_the_callback_gets_each_step_s_denoised_estimate(name):
+    """denoised at step i is the denoiser's own output at the step's start, sigma_i (what previews show)."""
+    plan = samplers.plan(name, 6)
+    outputs: list[tuple[float, torch.Tensor]] = []
+
+    def denoiser(x, sigma):
+        outputs.append((float(sigma), x - sigma * toy_eps(x / (sigma**2 + 1) ** 0.5, plan.timestep(sigma))))
+        return outputs[-1][1]
+
+    seen = []
+
+    def step_start(i: int) -> float:  # PLMS reports each model call; Heun and DPM2 each half step too
+        if plan.calls is not None:
+            return float(plan.sigmas[plan.calls[i]])
+        return float(plan.sigmas[i // 2 if samplers.SPECS[name].half_steps else i])
+
+    def callback(i, n, x, denoised):
+        assert any(s == step_start(i) and out is denoised for s, out in outputs), (name, i)
+        seen.append((i, n, x.shape))
+
+    gens = generators(0)
+    samplers.run(plan, denoiser, samplers.initial_noise((2, 4, 8, 8), gens), generators=gens, callback=callback)
+    n = plan.steps_run
+    assert seen == [(i, n, (2, 4, 8, 8)) for i in range(n)] and n >= 6

@@ -49,8 +49,9 @@ from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
-LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "prompt", "tiling")
-DEFAULT_LINES = LINES[:8]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "taesd", "prompt", "tiling")
+DEFAULT_LINES = LINES[:9]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+PREVIEW_EVERY, PREVIEW_STEPS = 5, 20  # the preview-overhead line: --preview taesd --preview-every 5, 20 steps
 TILED_SIZE = 2048
 
 
@@ -325,6 +326,47 @@ def bf16_rows(ours, theirs, args, row: Callable[..., None]) -> None:
         theirs.unet.float()
 
 
+def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
+    """TAESD (SD v1's, random weights shared through the key table) decoding beside diffusers' AutoencoderTiny,
+    with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
+    generation: the previews' measured time over the generation's, built from the measured U-Net step and VAE
+    decode (a whole 512x512 generation per side and repeat would take many minutes on a CPU)."""
+    from diffusers import AutoencoderTiny
+
+    from ldm.checkpoints.taesd import from_diffusers
+    from ldm.generate.preview import picture
+    from ldm.models.taesd import TAESD, TAESDConfig
+
+    torch.manual_seed(0)
+    their_tiny = AutoencoderTiny().eval()
+    with torch.device("meta"):
+        tiny = TAESD(TAESDConfig())
+    tiny.load_state_dict(from_diffusers(their_tiny.state_dict()), assign=True)
+    ours.taesd = tiny.eval()
+    context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
+    previews = sum((i + 1) % PREVIEW_EVERY == 0 and i + 1 < PREVIEW_STEPS for i in range(PREVIEW_STEPS))
+
+    def median(fn: Callable[[], object]) -> float:
+        fn()
+        return statistics.median(_timed(fn) for _ in range(args.repeats))
+
+    for size in args.sizes:
+        z, z_batch = cfg_latents(size)
+        ours_fn, theirs_fn = partial(tiny.decode, z), partial(their_tiny.decode, z)
+        mine, their = alternate(ours_fn, theirs_fn, args.repeats)
+        full, their_full = median(partial(ours.decode, z)), median(partial(theirs.vae.decode, z))
+        row(f"TAESD decode, {size}x{size} (s)", mine, their, standard_flops(ours_fn) / matmul_rate(torch.float32),
+            vs_full_vae=mine / full)  # fmt: skip
+        preview = median(partial(picture, ours, z, "taesd"))  # decode and PIL image, as a preview makes it
+        step = median(partial(ours.model.unet, z, t[:1], context))
+        their_step = median(partial(theirs.unet, z_batch, t, encoder_hidden_states=context))
+        ours_share = previews * preview / (PREVIEW_STEPS * step + full)
+        their_share = previews * their / (PREVIEW_STEPS * their_step + their_full)
+        row(f"preview overhead, taesd every {PREVIEW_EVERY}, {PREVIEW_STEPS} steps, {size}x{size} (share)",
+            ours_share, their_share, preview_seconds=preview, previews=previews)  # fmt: skip
+    ours.taesd = None
+
+
 def _timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
@@ -385,7 +427,7 @@ def measure(args) -> list[dict]:
             fresh_pair(f"load {kind}, warm page cache", f"load-warm{suffix}", warm_up=True, raw=file)
             fresh_pair(f"load {kind}, cold page cache", f"load-cold{suffix}", raw=file)
 
-    if {"text", "unet", "vae", "prompt"} & set(args.only):
+    if {"text", "unet", "vae", "bf16", "taesd", "prompt"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
@@ -398,6 +440,8 @@ def measure(args) -> list[dict]:
                 from bench_prompts import prompt_rows
 
                 prompt_rows(ours_pipe, theirs_pipe, args, row, alternate, cfg_latents)
+            if "taesd" in args.only:
+                taesd_rows(ours_pipe, theirs_pipe, args, row)
         del ours_pipe, theirs_pipe
 
     if "e2e" in args.only:
@@ -418,6 +462,9 @@ NOTES = {
     "vs_file": "ours / file size {:.2f}",
     "flops_vs_floor": "ours does {:.2f} of the floor's FLOPs",
     "vs_no_lora": "ours with / without the LoRA {:.3f}",
+    "vs_full_vae": "{:.3f}x our full VAE decode",
+    "preview_seconds": "one preview (TAESD decode + PIL image) {:.3f} s",
+    "previews": "{} previews",
 }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ldm.cli.parser import OneLineParser
+from ldm.cli.preview_options import add_preview_options, check_preview_options, preview_file
 from ldm.cli.prompt_options import add_prompt_options, apply_prompt_options
 from ldm.errors import LdmError
 
@@ -69,6 +70,7 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_prompt_options(p)
+    add_preview_options(p)
     return p
 
 
@@ -106,9 +108,10 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
         raise LdmError("--batch-size and --n-iter must be at least 1")
     _check_outdir(args.outdir)
     image, mask, image_settings = inputs(args) if inputs is not None else (None, None, _hires_settings(args))
+    check_preview_options(args)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
-                         offload=args.offload, compile=args.compile)  # fmt: skip
+                         offload=args.offload, compile=args.compile, taesd=args.taesd)  # fmt: skip
     pipe.hash_model()
     apply_prompt_options(pipe, args)
     request = pipe.request(
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
         vae_tiling=args.vae_tiling,
         vae_slicing=args.vae_slicing,
         emphasis=args.emphasis,
+        vae_decoder=args.vae_decoder,
         **image_settings,
     )
     if image is not None and args.width is None and args.height is None:
@@ -135,9 +139,12 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
         request = request.replace(**dict(zip(("width", "height"), default_size(image), strict=True)))
     request = request.with_seed()
     for _ in range(args.n_iter):
-        result = pipe.generate(request, image=image, mask=mask, progress=not args.quiet)
-        for image, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
-            print(save_png(image, args.outdir, seed, infotext))
+        with preview_file(args, request.seed) as (preview, previews):
+            result = pipe.generate(request, image=image, mask=mask, progress=not args.quiet, preview=preview)
+            for picture, seed, infotext in zip(result.images, result.seeds, result.infotexts, strict=True):
+                path = save_png(picture, args.outdir, seed, infotext)
+                previews.saved = previews.saved or path  # the preview showed image 0
+                print(path)
         request = request.replace(seed=request.seed + args.batch_size)
     return 0
 

@@ -7,7 +7,6 @@ inpainting also gives the U-Net extra input channels (`concat`) or puts the kept
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,7 +19,7 @@ from ldm.sampling.guidance import CFGDenoiser
 if TYPE_CHECKING:
     from ldm.generate.pipeline import Pipeline
 
-StepCallback = Callable[[int, int, torch.Tensor], torch.Tensor | None]
+StepCallback = samplers.Callback  # (step, total, x, denoised); may return a replacement for x
 
 
 def generators_for(seeds: list[int]) -> list[torch.Generator]:
@@ -56,11 +55,11 @@ def denoise(
     pipe.activate(pipe.model.unet)
     with tqdm(total=plan.steps_run, disable=not progress, desc="sampling", unit="step", leave=False) as bar:
 
-        def on_step(i: int, n: int, x: torch.Tensor) -> torch.Tensor:
+        def on_step(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
             bar.update(1)
             for callback in steps:
                 if callback is not None:
-                    replaced = callback(i, n, x)
+                    replaced = callback(i, n, x, denoised)
                     x = x if replaced is None else replaced
             return x
 

@@ -86,6 +86,6 @@ def hires_fix(
     x = denoise(pipe, request, denoiser, plan, noise, generators, init=x, steps=[callback], progress=progress)
     if pipe.device.type == "cpu":
         release_free_memory()
-    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing))
+    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing, decoder=request.vae_decoder))
     infotexts = [request.to_infotext(i, **pipe.model_info) for i in range(len(images))]
     return Result(images, first.seeds, infotexts, x, request)

@@ -73,7 +73,9 @@ def img2img(
     latents, seeds = _sample(pipe, request, work, work_mask, callback, progress)
     if pipe.device.type == "cpu":
         release_free_memory()
-    images = to_pil(pipe.decode(latents, tiling=request.vae_tiling, slicing=request.vae_slicing))
+    images = to_pil(
+        pipe.decode(latents, tiling=request.vae_tiling, slicing=request.vae_slicing, decoder=request.vae_decoder)
+    )
     if work_mask is not None:
         images = [_compose(generated, source, work, work_mask, box, full_mask) for generated in images]
     infotexts = [request.to_infotext(i, **pipe.model_info) for i in range(len(images))]
@@ -147,7 +149,7 @@ def _sample(pipe: Pipeline, request: GenerationRequest, work: Image.Image, mask:
     init = _masked_content(request, init, small_mask, pixels, mask, pipe, generators)
     kept_latents, kept_noise = image_latents.to(pipe.device), noise.to(pipe.device)
 
-    def keep_original(i: int, n: int, x: torch.Tensor) -> torch.Tensor:
+    def keep_original(i: int, n: int, x: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
         sigma = run_plan.sigma_after(i)
         # the original re-noised to where the step ended, clean after the last (in x = x0 + sigma * noise)
         kept = kept_latents + sigma * kept_noise if i < n - 1 else kept_latents * math.sqrt(sigma**2 + 1)

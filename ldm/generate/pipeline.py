@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -29,7 +29,9 @@ from ldm.cpu.swap_in import swap_in, swap_out
 from ldm.errors import ConfigError, LdmError
 from ldm.generate.request import GenerationRequest
 from ldm.generate.result import Result
+from ldm.generate.tiny_decoder import attach_taesd, require_taesd, taesd_decode
 from ldm.models.attention import resolve_backend, set_attention_backend
+from ldm.models.taesd import TAESD
 from ldm.networks.hash_fields import FIELDS as NETWORK_FIELDS
 from ldm.networks.hash_fields import hash_fields
 from ldm.networks.lora_tags import DEFAULT_FOLDER as LORA_FOLDER
@@ -38,11 +40,15 @@ from ldm.networks.merged import LoraUse, MergedLoras
 from ldm.runtime.offload import MODES, ModelOffload, offload_sequentially
 from ldm.runtime.tiling import tiled_decode
 from ldm.runtime.weights import Weights, edit_weights
+from ldm.sampling.samplers import Callback
 from ldm.shipped import shipped
 from ldm.text.conditioning import PromptCache
 from ldm.text.embeddings import Embedding, Embeddings
 from ldm.text.tokenizer import Tokenizer
 from ldm.text.weighted import embeddings_used, encode_prompts
+
+if TYPE_CHECKING:
+    from ldm.generate.preview import Preview, ShowPreview
 
 WEIGHTS_DIR = shipped("weights")
 BUILTIN = WEIGHTS_DIR / "ldm-shapes.safetensors"
@@ -68,6 +74,7 @@ class Pipeline:
         self.loras = MergedLoras(model.config)
         self.lora_uses: tuple[LoraUse, ...] = ()
         self.lora_dir = LORA_FOLDER
+        self.taesd: TAESD | None = None  # previews and --vae-decoder taesd (ldm/generate/tiny_decoder.py)
 
     @classmethod
     def load(
@@ -80,6 +87,7 @@ class Pipeline:
         config: str | Path | ModelConfig | None = None,
         offload: str | None = None,
         compile: bool = False,
+        taesd: str | Path | None = None,
     ) -> Pipeline:
         """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
 
@@ -87,6 +95,7 @@ class Pipeline:
         to float32 when float16 overflows); CPU runs float32. `offload` ("model" or "sequential", see
         ldm/runtime/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
+        `taesd`: a TAESD for previews and `vae_decoder="taesd"` (the built-in model has its own).
         Otherwise ldm/cpu/swap_in.py fits the modules for speed; on a CPU without offload their layers also pack
         their weights for oneDNN on first use, unless they share one mapping of a pickle that
         ldm/checkpoints/mapped_pickle.py could not split.
@@ -129,6 +138,8 @@ class Pipeline:
         pipe.set_attention(resolve_backend(attention, device))
         if path == BUILTIN:
             pipe.defaults = GenerationRequest(**builtin_defaults())
+        if taesd is not None or path == BUILTIN:
+            attach_taesd(pipe, taesd)  # None: the built-in model's, where it ships
         return pipe
 
     @property
@@ -223,20 +234,28 @@ class Pipeline:
         image: Image.Image | None = None,
         mask: Image.Image | None = None,
         latents: torch.Tensor | None = None,
-        callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+        callback: Callback | None = None,
         progress: bool = True,
+        preview: Preview | ShowPreview | None = None,
     ) -> Result:
         """Run `request`: images, their seeds and infotexts, and the final latents.
 
         image: img2img from it (ldm/generate/img2img.py); with mask, inpaint where the mask is white. latents:
-        txt2img from these (B, 4, H/8, W/8) instead of seeded noise. callback(step, total, latents) after each step.
-        progress: a tqdm bar on stderr. A request with hires_scale or hires_resize adds the hires fix's second pass.
+        txt2img from these (B, 4, H/8, W/8) instead of seeded noise. callback(step, total, x, denoised) after each
+        step (denoised: the x0 estimate, in the latents' scale); what it returns, if not None, replaces x.
+        progress: a tqdm bar on stderr. preview: show(step, total, image) with a picture of image 0's x0 estimate,
+        or a Preview saying how and how often (ldm/generate/preview.py; a bare function: "approx" after every
+        step). A request with hires_scale or hires_resize adds the hires fix's second pass.
         """
         from ldm.generate.hires import hires_fix
         from ldm.generate.image_settings import hires
         from ldm.generate.img2img import img2img, is_inpainting_model
+        from ldm.generate.preview import with_preview
         from ldm.generate.txt2img import txt2img
 
+        if request.vae_decoder == "taesd":
+            require_taesd(self, "--vae-decoder taesd")  # before minutes of sampling, not after
+        callback = with_preview(self, preview, callback)
         with self.lock:
             request = self._with_networks(request)
             if hires(request) and (image is not None or is_inpainting_model(self)):
@@ -263,12 +282,13 @@ class Pipeline:
 
     def _from_image(self, image, mask, prompt, strength, settings) -> Result:
         callback, progress = settings.pop("callback", None), settings.pop("progress", True)
+        preview = settings.pop("preview", None)
         if settings.get("width") is None and settings.get("height") is None:
             from ldm.generate.image_input import default_size
 
             settings["width"], settings["height"] = default_size(image)
         request = self.request(prompt=prompt, strength=strength, **settings)
-        return self.generate(request, image=image, mask=mask, callback=callback, progress=progress)
+        return self.generate(request, image=image, mask=mask, callback=callback, progress=progress, preview=preview)
 
     def encode_image(self, pixels: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1] -> (len(generators), 4, H/8, W/8) latents, each a sample of the VAE's posterior
@@ -296,18 +316,22 @@ class Pipeline:
         clip_skip: int | None = None,
         eta: float | None = None,
         emphasis: str | None = None,
-        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        vae_decoder: str | None = None,
+        callback: Callback | None = None,
         progress: bool = True,
+        preview: Preview | ShowPreview | None = None,
     ) -> list[Image.Image]:
         """Generate images; settings as in AUTOMATIC1111 (see GenerationRequest), None = the model's default
         (SD v1: 50 steps, guidance 7.5, PNDM/plms, 512x512). Image i of the batch uses seed + i with its own CPU
-        generator, so every image reproduces alone; `pipe.generate` also returns the seeds and infotexts."""
+        generator, so every image reproduces alone; `pipe.generate` also returns the seeds and infotexts.
+        callback and preview: as for `generate`."""
         request = self.request(
             prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance, sampler=sampler,
             karras=karras, seed=seed, width=width, height=height, batch_size=batch_size, clip_skip=clip_skip, eta=eta,
             emphasis=emphasis,
+            vae_decoder=vae_decoder,
         )  # fmt: skip
-        return self.generate(request, latents=latents, callback=callback, progress=progress).images
+        return self.generate(request, latents=latents, callback=callback, progress=progress, preview=preview).images
 
     def encode(self, prompts: list[str], clip_skip: int, emphasis: str = "original") -> torch.Tensor:
         """(B, T, C) text context of A1111-syntax prompts (T = 77 per chunk; prompts of other chunk counts tiled,
@@ -322,8 +346,13 @@ class Pipeline:
         depends_on = (id(self.embeddings), self.embeddings.revision)
         return self.prompt_cache.encode(self.model.text_encoder, prompts, (clip_skip, emphasis), run, depends_on)
 
-    def decode(self, latents: torch.Tensor, *, tiling: bool = False, slicing: bool = False) -> torch.Tensor:
-        """Latents -> images in [-1, 1], float32; in tiles and one image at a time if asked."""
+    def decode(
+        self, latents: torch.Tensor, *, tiling: bool = False, slicing: bool = False, decoder: str = "full"
+    ) -> torch.Tensor:
+        """Latents -> images in [-1, 1], float32; in tiles and one image at a time if asked; decoder "taesd": by the
+        pipeline's TAESD (fast, approximate; it needs neither tiles nor slices)."""
+        if decoder == "taesd":
+            return taesd_decode(self, latents)
         z = latents / self.model.config.vae.scale_factor
         self.activate(self.model.vae)
         image = self._decode(z.to(self.vae_dtype), tiling, slicing)

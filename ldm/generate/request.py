@@ -22,6 +22,7 @@ from ldm.text import emphasis as emphases
 # A1111's own names for the settings it writes, in its order (Schedule type only when not automatic).
 KEYS = {"steps": "Steps", "sampler": "Sampler", "karras": "Schedule type", "guidance": "CFG scale", "seed": "Seed",
         "size": "Size", "clip_skip": "Clip skip", "eta": "Eta"}  # fmt: skip
+VAE_DECODERS = ("full", "taesd")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class GenerationRequest:
     hires_steps: int = 0  # steps of the hires pass; 0: the same as the first pass
     hires_upscaler: str = "Latent"  # A1111's upscaler names: the Latent modes, Lanczos, Nearest
     emphasis: str = emphases.DEFAULT  # how prompt weights act (ldm/text/emphasis.py; A1111's option)
+    vae_decoder: str = "full"  # "taesd": the pipeline's TAESD decodes (fast, approximate); A1111 writes `VAE: taesd`
     extra: dict[str, str] = field(default_factory=dict, compare=False)  # infotext fields ldm does not use
 
     def __post_init__(self) -> None:
@@ -77,6 +79,8 @@ class GenerationRequest:
         samplers.check(self.sampler, self.steps, karras=self.karras, eta=self.eta)
         check_image_settings(self)
         emphases.check_mode(self.emphasis)
+        if self.vae_decoder not in VAE_DECODERS:
+            raise ConfigError(f"vae_decoder must be one of {', '.join(VAE_DECODERS)}, got {self.vae_decoder!r}")
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -116,6 +120,7 @@ class GenerationRequest:
             KEYS["size"]: f"{self.width}x{self.height}",
             "Model hash": model.get("model_hash"),
             "Model": model.get("model"),
+            "VAE": "taesd" if self.vae_decoder == "taesd" else None,
             KEYS["clip_skip"]: self.clip_skip if self.clip_skip != 1 else None,
             KEYS["eta"]: self.eta if self.eta else None,
             **image_fields(self),
@@ -146,6 +151,8 @@ class GenerationRequest:
             if "Size" in fields:
                 width, _, height = fields.pop("Size").partition("x")
                 given["width"], given["height"] = int(width), int(height)
+            if fields.get("VAE") == "taesd":  # any other VAE name is a file ldm does not swap in: kept in extra
+                given["vae_decoder"] = fields.pop("VAE")
             if "Clip skip" in fields:
                 given["clip_skip"] = int(fields.pop("Clip skip"))
             given.update(read_image_fields(fields))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -25,7 +24,7 @@ def txt2img(
     request: GenerationRequest,
     *,
     latents: torch.Tensor | None = None,
-    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    callback: samplers.Callback | None = None,
     progress: bool = True,
     decode: bool = True,
 ) -> Result:
@@ -55,6 +54,6 @@ def txt2img(
         return Result([], seeds, [], x, request)
     if pipe.device.type == "cpu":
         release_free_memory()  # the U-Net's freed activations, before the VAE's buffers (peak RSS)
-    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing))
+    images = to_pil(pipe.decode(x, tiling=request.vae_tiling, slicing=request.vae_slicing, decoder=request.vae_decoder))
     infotexts = [request.to_infotext(i, **pipe.model_info) for i in range(len(images))]
     return Result(images, seeds, infotexts, x, request)

@@ -48,6 +48,8 @@ def save_png(image: Image.Image, outdir: Path, seed: int, parameters: str) -> Pa
 
 
 def next_number(outdir: Path) -> int:
-    """One past the highest `NNNNN-` number in `outdir`, as AUTOMATIC1111 numbers its outputs."""
-    numbers = [int(m.group(1)) for p in outdir.iterdir() if (m := re.match(r"(\d{5,})-", p.name))]
+    """One past the highest `NNNNN-` number in `outdir`, as AUTOMATIC1111 numbers its outputs. A preview
+    (`NNNNN-<seed>.preview.png`, named after the image it becomes) holds no number of its own."""
+    numbers = [int(m.group(1)) for p in outdir.iterdir()
+               if (m := re.match(r"(\d{5,})-", p.name)) and not p.name.endswith(".preview.png")]  # fmt: skip
     return max(numbers, default=-1) + 1

@@ -22,8 +22,9 @@ from ldm.errors import ConfigError
 from ldm.sampling import schedule
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x, sigma) -> denoised x0
-# (step, total, x) after each step; what it returns (if not None) replaces x: inpainting puts the kept region back.
-Callback = Callable[[int, int, Tensor], Tensor | None]
+# (step, total, x after the step, the denoiser's x0 estimate it stepped from) after each step; what it returns (if
+# not None) replaces x: inpainting puts the kept region back this way, previews show the estimate.
+Callback = Callable[[int, int, Tensor, Tensor], Tensor | None]
 Generators = list[torch.Generator] | None  # one per batch element, so each image reproduces alone
 
 
@@ -205,9 +206,9 @@ def _eps(x: Tensor, denoised: Tensor, sigma: Tensor) -> Tensor:
     return (x - denoised) / sigma
 
 
-def _report(callback: Callback | None, i: int, total: int, x: Tensor) -> Tensor:
+def _report(callback: Callback | None, i: int, total: int, x: Tensor, denoised: Tensor) -> Tensor:
     """Tell the callback about a finished step; x, or the callback's replacement for it."""
-    replaced = None if callback is None else callback(i, total, x)
+    replaced = None if callback is None else callback(i, total, x, denoised)
     return x if replaced is None else replaced
 
 
@@ -215,9 +216,10 @@ def sample_euler(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gene
     """Euler steps on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without churn); = DDIM, eta 0."""
     n = len(sigmas) - 1
     for i in range(n):
-        d = _eps(x, model(x, sigmas[i]), sigmas[i])
+        denoised = model(x, sigmas[i])
+        d = _eps(x, denoised, sigmas[i])
         x = x + d * (sigmas[i + 1] - sigmas[i])
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 
@@ -228,12 +230,13 @@ def sample_euler_a(
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5
         sigma_down = (s_next**2 - sigma_up**2) ** 0.5
         x = x + d * (sigma_down - s)
         x = x + noise_like(x, generators) * sigma_up  # drawn on every step, the last included, as diffusers does
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 
@@ -242,15 +245,16 @@ def sample_heun(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         x_euler = x + d * (s_next - s)
         if s_next > 0:
-            x_euler = _report(callback, 2 * i, 2 * n - 1, x_euler)  # the half step (inpainting blends it too)
+            x_euler = _report(callback, 2 * i, 2 * n - 1, x_euler, denoised)  # the half step (inpainting blends it)
             d_next = _eps(x_euler, model(x_euler, s_next), s_next)
             x = x + (d + d_next) / 2 * (s_next - s)
         else:
             x = x_euler
-        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x)
+        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x, denoised)
     return x
 
 
@@ -259,14 +263,15 @@ def sample_dpm2(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
     n = len(sigmas) - 1
     for i in range(n):
         s, s_next = sigmas[i], sigmas[i + 1]
-        d = _eps(x, model(x, s), s)
+        denoised = model(x, s)
+        d = _eps(x, denoised, s)
         if s_next > 0:
             s_mid = torch.lerp(s_next.log(), s.log(), 0.5).exp()
-            x_mid = _report(callback, 2 * i, 2 * n - 1, x + d * (s_mid - s))  # the half step
+            x_mid = _report(callback, 2 * i, 2 * n - 1, x + d * (s_mid - s), denoised)  # the half step
             x = x + _eps(x_mid, model(x_mid, s_mid), s_mid) * (s_next - s)
         else:
             x = x + d * (s_next - s)
-        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x)
+        x = _report(callback, 2 * i + int(s_next > 0), 2 * n - 1, x, denoised)
     return x
 
 
@@ -292,10 +297,11 @@ def sample_lms(
     grid = sigmas.double().cpu().numpy()
     history: list[Tensor] = []
     for i in range(start, n):
-        history = [*history, _eps(x, model(x, sigmas[i]), sigmas[i])][-4:]
+        denoised = model(x, sigmas[i])
+        history = [*history, _eps(x, denoised, sigmas[i])][-4:]
         coefficients = [lms_coefficient(grid, i, min(i + 1, 4), j) for j in range(len(history))]
         x = x + sum(c * d for c, d in zip(coefficients, reversed(history), strict=True))
-        x = _report(callback, i - start, n - start, x)
+        x = _report(callback, i - start, n - start, x, denoised)
     return x
 
 
@@ -315,7 +321,7 @@ def sample_ddim(
             std = eta * ((1 - a_next) / (1 - a) * (1 - a / a_next)) ** 0.5  # DDIM eq. 16, in x_t scale
             x_t = a_next**0.5 * denoised + (1 - a_next - std**2) ** 0.5 * eps + std * noise_like(x, generators)
             x = x_t / a_next**0.5
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 
@@ -345,10 +351,10 @@ def sample_plms(
     def scale(s: Tensor) -> Tensor:  # x = latent * scale(sigma): from the DDPM-scale latent to x0 + sigma * noise
         return (s**2 + 1) ** 0.5
 
-    def output(x: Tensor, s: Tensor) -> Tensor:  # the model's own prediction, from the denoiser's x0
+    def output(x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:  # the model's own prediction, and the x0 estimate
         denoised = model(x, s)
         eps = _eps(x, denoised, s)
-        return (eps - s * denoised) / scale(s) if v_model else eps  # v = sqrt(a) eps - sqrt(1-a) x0
+        return (eps - s * denoised) / scale(s) if v_model else eps, denoised  # v = sqrt(a) eps - sqrt(1-a) x0
 
     def step(latent: Tensor, frm: int, to: int, out: Tensor) -> Tensor:
         s, s_next = sigmas[frm], sigmas[to]
@@ -359,7 +365,7 @@ def sample_plms(
     latent = x / scale(sigmas[calls[0]])
     total, outputs, first = len(calls), [], latent
     for k, c in enumerate(calls):
-        out = output(latent * scale(sigmas[c]), sigmas[c])
+        out, denoised = output(latent * scale(sigmas[c]), sigmas[c])
         if k == 1:  # the first step again, from its start, with the average of both outputs
             latent, frm, to = first, c - 1, c
             out = (out + outputs[-1]) / 2
@@ -377,7 +383,7 @@ def sample_plms(
         # Reported after every call, at the noise level of the next (diffusers' PNDM steps per call, and its
         # inpainting blends there, the first call's provisional latent included).
         at = sigmas[to if k == len(calls) - 1 else calls[k + 1]]
-        latent = _report(callback, k, total, latent * scale(at)) / scale(at)
+        latent = _report(callback, k, total, latent * scale(at), denoised) / scale(at)
     return latent * scale(sigmas[-1])  # where run() expects the last x, whichever grid point the calls ended on
 
 
@@ -394,7 +400,7 @@ def sample_ddpm(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gener
         variance = ((1 - a_next) / (1 - a) * beta).clamp(min=1e-20)
         x_t = mean + variance**0.5 * noise_like(x, generators)  # drawn on the last step too, as diffusers does
         x = x_t / a_next**0.5
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 
@@ -432,7 +438,7 @@ def _dpmpp_2m(model: Denoiser, x: Tensor, sigmas: Tensor, *, sde: bool, generato
         else:
             x = s_next / s * x - torch.expm1(-h) * d
         previous = denoised
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 
@@ -449,7 +455,7 @@ def sample_unipc(model: Denoiser, x: Tensor, sigmas: Tensor, *, generators: Gene
         order = min(2, n - i, i + 1)  # warm up; lower_order_final
         last_x, last_order = x, order
         x = _unipc_update(x, sigmas, i, outputs, order, None)
-        x = _report(callback, i, n, x)
+        x = _report(callback, i, n, x, denoised)
     return x
 
 

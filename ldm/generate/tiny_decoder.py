@@ -1,0 +1,57 @@
+"""TAESD beside the model's VAE: the decoder of `--preview taesd` and of `--vae-decoder taesd` (fast, approximate).
+
+A pipeline has one when it was loaded with `taesd=` (a taesd_decoder file, a folder, an AutoencoderTiny folder;
+ldm/checkpoints/taesd.py) or runs the built-in model, whose distilled TAESD ships in weights/. It lives on the
+pipeline's device at all times (about 1 M parameters: offload would cost more than it saves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ldm.checkpoints.taesd import load_taesd
+from ldm.errors import ConfigError
+from ldm.models.taesd import TAESD
+from ldm.shipped import shipped
+
+if TYPE_CHECKING:
+    from ldm.generate.pipeline import Pipeline
+
+BUILTIN_TAESD = shipped("weights") / "ldm-shapes-taesd.safetensors"  # made by tools/train_taesd.py
+
+
+def attach_taesd(pipe: Pipeline, path: str | Path | None) -> None:
+    """Load `path` as the pipeline's TAESD (None: the built-in model's, when it ships); refused if it does not fit
+    the model's VAE (latent channels, downscale)."""
+    if path is None:
+        if not BUILTIN_TAESD.is_file():
+            return
+        path = BUILTIN_TAESD
+    dtype = pipe.dtype if pipe.device.type == "cuda" else torch.float32  # TAESD has no norms to overflow
+    taesd = load_taesd(*(path if isinstance(path, (list, tuple)) else [path]), dtype=dtype, device=pipe.device)
+    if (why := taesd.config.fits(pipe.model.config.vae)) is not None:
+        raise ConfigError(f"the TAESD {path} does not fit this model: {why}")
+    if taesd.decoder is None:
+        raise ConfigError(f"{path} is a TAESD encoder only; previews and --vae-decoder taesd need taesd_decoder")
+    pipe.taesd = taesd
+
+
+def require_taesd(pipe: Pipeline, what: str) -> TAESD:
+    if pipe.taesd is None:
+        raise ConfigError(
+            f"{what} needs a TAESD for this model; pass --taesd / Pipeline.load(taesd=) with madebyollin's "
+            "taesd_decoder.pth (or .safetensors, or its diffusers folder)"
+        )
+    return pipe.taesd
+
+
+@torch.no_grad()
+def taesd_decode(pipe: Pipeline, latents: Tensor) -> Tensor:
+    """Scaled latents -> images in [-1, 1], float32, through the TAESD decoder."""
+    taesd = require_taesd(pipe, "--vae-decoder taesd")
+    weight = taesd.decoder[1].weight
+    return taesd.decode(latents.to(weight.device, weight.dtype)).float()
