@@ -149,14 +149,16 @@ def test_an_interrupt_exits_130_and_leaves_no_file(checkpoint, tmp_path):
 
 
 def test_an_interrupt_while_the_bar_is_drawn_still_ends_on_its_own_line(checkpoint, tmp_path, monkeypatch, capsys):
-    """The race a clean-clone CI run hit: Ctrl-C lands inside the bar's first draw, before the `with` owns it."""
+    """The race clean-clone CI runs hit: Ctrl-C lands right after the bar's first draw, inside its constructor,
+    before tqdm notes that it drew (so the bar cannot clear its line)."""
     import ldm.generate.denoise as txt2img_module
     from ldm.cli.txt2img import main
 
     class InterruptedBar(txt2img_module.tqdm):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            raise KeyboardInterrupt
+        def refresh(self, *args, **kwargs):
+            super().refresh(*args, **kwargs)
+            if not hasattr(self, "last_print_t"):  # still in the constructor
+                raise KeyboardInterrupt
 
     monkeypatch.setattr(txt2img_module, "tqdm", InterruptedBar)
     args = [*base_args(checkpoint, tmp_path / "out"), "--prompt", "x"]

@@ -87,11 +87,11 @@ def execute(parser: argparse.ArgumentParser, argv: list[str] | None, inputs: Inp
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        pass
-    # Said after the except block, once the traceback is gone: a progress bar the interrupt caught half built is
-    # freed, and clears its line, before this line is written.
-    print(f"{parser.prog}: interrupted", file=sys.stderr)
-    return 130
+        # From the start of the line, clearing it on a terminal: an interrupt during the progress bar's first draw
+        # leaves the bar unable to clear its own line (tqdm has not yet noted that it drew).
+        clear = "\x1b[K" if sys.stderr.isatty() else ""
+        print(f"\r{parser.prog}: interrupted{clear}", file=sys.stderr)
+        return 130
 
 
 # Reads the command's pictures (init image, mask) and the settings they bring, before the model loads.
