@@ -100,6 +100,7 @@ IMG2IMG_CASES = [(sampler, strength) for sampler in SCHEDULERS for strength in (
 ]  # every sampler; the edges (one step of six, the whole schedule) for the three families
 
 
+@pytest.mark.full  # every sampler end to end; the fast tier has them at the sampler level (tests/test_samplers.py)
 @pytest.mark.parametrize(("sampler", "strength"), IMG2IMG_CASES)
 def test_img2img_equals_diffusers(plain, sampler, strength):
     pipe, folder = plain
