@@ -405,3 +405,23 @@ def test_an_edit_made_between_loras_is_kept(checkpoint, tmp_path):
     assert not torch.equal(ours.model.unet.state_dict()[name], edited)
     ours.unload_loras()
     assert torch.equal(ours.model.unet.state_dict()[name], edited)
+
+
+def test_a_merged_lora_costs_nothing_per_step_every_packed_layer_packs_again(checkpoint, tmp_path):
+    """Merging unpacks the layers it edits (ldm/runtime/weights.py); the next generation packs each again, so a
+    step with a LoRA runs the same oneDNN kernels as one without (the bench line measures the time)."""
+    from ldm.cpu.packing import PackedLayer, packing_available
+
+    if not packing_available():
+        pytest.skip("this CPU's PyTorch has no oneDNN packed ops")
+    save_file(kohya_lora(reference_pipe(checkpoint[1]), seed=13), tmp_path / "p.safetensors")
+    pipe = Pipeline.load(checkpoint[0], device="cpu")
+    settings = {"steps": 2, "seed": 1, "width": 64, "height": 64, "progress": False}
+    pipe("a boat", **settings)
+    layers = [m for m in pipe.model.unet.modules() if isinstance(m, PackedLayer)]
+    packed_before = {id(m) for m in layers if m.packed is not None}
+    pipe.load_lora(tmp_path / "p.safetensors")
+    unpacked = {id(m) for m in layers if m.packed is None}
+    assert unpacked & packed_before  # the merge did reach packed layers
+    pipe("a boat", **settings)
+    assert {id(m) for m in layers if m.packed is not None} == packed_before
