@@ -151,6 +151,7 @@ def test_image_settings_round_trip_in_a1111s_words_and_bad_ones_are_clear():
     for request in (inpaint, hires, GenerationRequest(prompt="x", seed=1, strength=0.3, resize_mode="crop")):
         assert GenerationRequest.from_infotext(request.to_infotext()) == request
     assert "Denoising" not in GenerationRequest(prompt="x", seed=1).to_infotext()  # txt2img writes none of them
+    assert "Hires upscale: 2," in GenerationRequest(prompt="x", seed=1, strength=0.7, hires_scale=2.0).to_infotext()
     bad_settings = [({"strength": 1.5}, "strength must be"), ({"resize_mode": "stretch"}, "resize mode"),
                     ({"hires_upscaler": "ESRGAN_4x"}, "hires upscaler"), ({"hires_resize": (1004, 0)}, "multiples"),
                     ({"inpainting_fill": "noise"}, "inpainting fill"), ({"mask_blur": -1}, "mask blur")]  # fmt: skip

@@ -86,7 +86,8 @@ def image_fields(r: Any) -> dict[str, object]:
     }
     if hires(r):
         if r.hires_resize is None:
-            fields["Hires upscale"] = r.hires_scale
+            scale = r.hires_scale
+            fields["Hires upscale"] = int(scale) if float(scale).is_integer() else scale  # A1111 writes "2", not "2.0"
         else:
             fields["Hires resize"] = "{}x{}".format(*r.hires_resize)
         fields["Hires steps"] = r.hires_steps or None
