@@ -270,7 +270,9 @@ class Pipeline:
                 return hires_fix(self, request, latents=latents, callback=callback, progress=progress)
             return txt2img(self, request, latents=latents, callback=callback, progress=progress)
 
-    def img2img(self, image: Image.Image, prompt: str | list[str], *, strength: float = 0.75, **settings: Any):
+    def img2img(
+        self, image: Image.Image, prompt: str | list[str], *, strength: float = 0.75, **settings: Any
+    ) -> list[Image.Image]:
         """Images from `image` and a prompt (diffusers' img2img; settings as `pipe(...)` and GenerationRequest).
         Width and height default to the image's size, floored to multiples of 8."""
         return self._from_image(image, None, prompt, strength, settings).images
