@@ -248,3 +248,14 @@ def _read_diffusers_folder(path: Path) -> Checkpoint:
 def ema_key(unet_key: str) -> str:
     """Where LitEma keeps the EMA copy of a U-Net weight: dots removed, under model_ema."""
     return EMA_PREFIX + ("diffusion_model." + unet_key).replace(".", "")
+
+
+def refuse_broken_values(tensor: Tensor, path: object, where: str, limit: float, what: str) -> None:
+    """A one-line CheckpointError for NaN or infinite values, or values beyond `limit` (what `what` never holds)."""
+    if not torch.isfinite(tensor).all():
+        raise CheckpointError(f"{path} holds NaN or infinite values{where}; the file is broken")
+    if tensor.abs().max() > limit:
+        largest = f"{tensor.abs().max():.3g}"
+        raise CheckpointError(
+            f"{path} holds values up to {largest}{where}, far outside what {what} holds; the file is broken"
+        )

@@ -28,15 +28,14 @@ def generators_for(seeds: list[int]) -> list[torch.Generator]:
 
 
 def guided_denoiser(
-    pipe: Pipeline, request: GenerationRequest, prompts: list[str], negatives: list[str], concat=None
-) -> CFGDenoiser:
+    pipe: Pipeline, request: GenerationRequest, plan: samplers.Plan, prompts: list[str], negatives: list[str],
+    concat: torch.Tensor | None = None,
+) -> CFGDenoiser:  # fmt: skip
     guided = request.guidance != 1  # guidance 1 needs no unconditional side
     context = pipe.encode(prompts + negatives if guided else prompts, request.clip_skip, request.emphasis)  # one batch
     context, uncond = (context[: len(prompts)], context[len(prompts) :]) if guided else (context, None)
-    model = pipe.model
-    plan_timestep = samplers.plan(request.sampler, request.steps, karras=request.karras).timestep
-    return CFGDenoiser(model.unet, context, uncond, request.guidance, plan_timestep, concat=concat,
-                       prediction_type=model.config.unet.prediction_type, dtype=pipe.dtype)  # fmt: skip
+    return CFGDenoiser(pipe.model.unet, context, uncond, request.guidance, plan.timestep, concat=concat,
+                       prediction_type=pipe.model.config.unet.prediction_type, dtype=pipe.dtype)  # fmt: skip
 
 
 def denoise(

@@ -82,7 +82,7 @@ def hires_fix(
     x = x[:, :, ty // 2 : x.shape[2] - (ty + 1) // 2, tx // 2 : x.shape[3] - (tx + 1) // 2]
     prompts, negatives = request.batch()
     noise = samplers.initial_noise(tuple(x.shape), generators)
-    denoiser = guided_denoiser(pipe, request, prompts, negatives)
+    denoiser = guided_denoiser(pipe, request, plan, prompts, negatives)
     x = denoise(pipe, request, denoiser, plan, noise, generators, init=x, steps=[callback], progress=progress)
     if pipe.device.type == "cpu":
         release_free_memory()

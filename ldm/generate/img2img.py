@@ -123,7 +123,7 @@ def _sample(pipe: Pipeline, request: GenerationRequest, work: Image.Image, mask:
     if mask is None:
         init = pipe.encode_image(pixels, generators)  # draw 1: the posterior sample
         noise = samplers.initial_noise(tuple(init.shape), generators)  # draw 2
-        denoiser = guided_denoiser(pipe, request, prompts, negatives)
+        denoiser = guided_denoiser(pipe, request, plan, prompts, negatives)
         return denoise(pipe, request, denoiser, entered, noise, generators, init=init, steps=[callback],
                        progress=progress), seeds  # fmt: skip
     binary = image_input.binarize(mask)
@@ -143,7 +143,7 @@ def _sample(pipe: Pipeline, request: GenerationRequest, work: Image.Image, mask:
     run_plan = plan if full_strength else entered
     if nine_channels:
         concat = torch.cat([small_mask.expand(len(prompts), -1, -1, -1), masked.to(pipe.device)], dim=1)
-        denoiser = guided_denoiser(pipe, request, prompts, negatives, concat=concat.to(pipe.dtype))
+        denoiser = guided_denoiser(pipe, request, plan, prompts, negatives, concat=concat.to(pipe.dtype))
         return denoise(pipe, request, denoiser, run_plan, noise, generators, init=init, steps=[callback],
                        progress=progress), seeds  # fmt: skip
     init = _masked_content(request, init, small_mask, pixels, mask, pipe, generators)
@@ -155,7 +155,7 @@ def _sample(pipe: Pipeline, request: GenerationRequest, work: Image.Image, mask:
         kept = kept_latents + sigma * kept_noise if i < n - 1 else kept_latents * math.sqrt(sigma**2 + 1)
         return (1 - small_mask) * kept + small_mask * x
 
-    denoiser = guided_denoiser(pipe, request, prompts, negatives)
+    denoiser = guided_denoiser(pipe, request, plan, prompts, negatives)
     return denoise(pipe, request, denoiser, run_plan, noise, generators, init=init,
                    steps=[keep_original, callback], progress=progress), seeds  # fmt: skip
 

@@ -41,8 +41,8 @@ def txt2img(
     seeds = [request.seed + i for i in range(len(prompts))]
     generators = generators_for(seeds)
 
-    denoiser = guided_denoiser(pipe, request, prompts, negatives)
     plan = samplers.plan(request.sampler, request.steps, karras=request.karras)
+    denoiser = guided_denoiser(pipe, request, plan, prompts, negatives)
     factor = model.config.vae.downscale
     shape = (len(prompts), model.config.vae.z_channels, request.height // factor, request.width // factor)
     if latents is None:

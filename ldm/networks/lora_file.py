@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ldm.checkpoints.read import load_restricted_pickle, read_safetensors
+from ldm.checkpoints.read import load_restricted_pickle, read_safetensors, refuse_broken_values
 from ldm.config import ModelConfig
 from ldm.errors import CheckpointError, ConfigError
 from ldm.networks.lora_deltas import delta_shape
@@ -77,13 +77,7 @@ def read_lora(path: Path, config: ModelConfig) -> LoraFile:
             raise ConfigError(f"{path} is a DoRA ({name}.dora_scale); ldm merges LoRA, LoCon, LoHa and LoKr only")
         parts = {k: v.detach().float().cpu() for k, v in parts.items()}
         for kind, t in parts.items():
-            if not torch.isfinite(t).all():
-                raise CheckpointError(f"{path} holds NaN or infinite values ({name}.{kind}); the file is broken")
-            if t.abs().max() > MAX_ABS:
-                raise CheckpointError(
-                    f"{path} holds values up to {t.abs().max():.3g} ({name}.{kind}), far outside a LoRA's range; "
-                    "the file is broken"
-                )
+            refuse_broken_values(t, path, f" ({name}.{kind})", MAX_ABS, "a LoRA")
         target = table[name]
         try:
             shape = delta_shape(parts, name)

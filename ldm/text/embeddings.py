@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ldm.checkpoints.hashing import short_hash
-from ldm.checkpoints.read import load_restricted_pickle, read_safetensors
+from ldm.checkpoints.read import load_restricted_pickle, read_safetensors, refuse_broken_values
 from ldm.errors import CheckpointError, ConfigError
 from ldm.text.tokenizer import Tokenizer
 
@@ -110,11 +109,5 @@ def read_embedding(path: Path, width: int) -> Tensor:
         raise ConfigError(f"{path} is {what}; this model's text encoder is {width} wide (SD v1: 768)")
     if vectors.shape[0] > MAX_VECTORS:
         raise CheckpointError(f"{path} has {vectors.shape[0]} vectors; a prompt chunk holds at most {MAX_VECTORS}")
-    if not torch.isfinite(vectors).all():
-        raise CheckpointError(f"{path} holds NaN or infinite values; the embedding is broken")
-    if vectors.abs().max() > MAX_ABS:
-        raise CheckpointError(
-            f"{path} holds values up to {vectors.abs().max():.3g}, far outside what a learned embedding has; "
-            "the file is broken"
-        )
+    refuse_broken_values(vectors, path, "", MAX_ABS, "a learned embedding")
     return vectors
