@@ -51,6 +51,21 @@ def mappings_of(path: Path) -> int:
 E2E = dataclasses.replace(ModelConfig.preset("tiny"), text_encoder=TextEncoderConfig(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2))  # fmt: skip
 
+# Our sampler -> the diffusers scheduler class (and extra config) built from SD v1.5's scheduler config.
+DIFFUSERS_SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "plms": ("PNDMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
 
 def rel_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     """||ours - ref|| / ||ref||, the parity measure of the engine-core issue."""

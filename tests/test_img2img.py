@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import E2E, random_model
+from helpers import DIFFUSERS_SCHEDULERS, E2E, random_model
 from PIL import Image
 
 from ldm import Pipeline
@@ -14,16 +14,8 @@ from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 from ldm.errors import ConfigError
 from ldm.generate import image_input
 
-SCHEDULERS = {  # our sampler -> diffusers scheduler, from the SD v1.5 scheduler config
-    "plms": ("PNDMScheduler", {}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "lms": ("LMSDiscreteScheduler", {}),
-}
+SAMPLERS = ("plms", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lms")
+SCHEDULERS = {name: DIFFUSERS_SCHEDULERS[name] for name in SAMPLERS}
 INPAINT = dataclasses.replace(E2E, unet=dataclasses.replace(E2E.unet, in_channels=9))
 
 

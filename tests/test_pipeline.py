@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import E2E, mappings_of, needs_proc, random_model
+from helpers import DIFFUSERS_SCHEDULERS, E2E, mappings_of, needs_proc, random_model
 from safetensors.torch import load_file
 
 from ldm import Pipeline
@@ -44,13 +44,7 @@ def reference(checkpoint):
     return StableDiffusionPipeline.from_pretrained(checkpoint[1], safety_checker=None, requires_safety_checker=False)
 
 
-SCHEDULERS = {  # our sampler -> diffusers scheduler, configured from the SD v1.5 scheduler config
-    "ddim": ("DDIMScheduler", {}),
-    "plms": ("PNDMScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-}
+SCHEDULERS = {name: DIFFUSERS_SCHEDULERS[name] for name in ("ddim", "plms", "euler_a", "dpmpp_2m", "dpmpp_2m_sde")}
 
 
 @pytest.mark.parametrize(

@@ -5,26 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import rel_error
+from helpers import DIFFUSERS_SCHEDULERS, rel_error
 
 from ldm.errors import ConfigError
 from ldm.sampling import samplers
 
 # What diffusers builds SD v1.5's scheduler from: the real file's contents, not ldm's copy of them.
 SD15_SCHEDULER = json.loads((Path(__file__).parent / "data" / "sd_v1_5_configs.json").read_text())["scheduler"]
-REFERENCE = {  # our name -> diffusers scheduler class name and extra config
-    "ddim": ("DDIMScheduler", {}),
-    "plms": ("PNDMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm2": ("KDPM2DiscreteScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-}
+REFERENCE = DIFFUSERS_SCHEDULERS
 STOCHASTIC = {"euler_a", "ddpm", "dpmpp_2m_sde", "ddim"}  # ddim draws noise when eta > 0
 CASES = [(name, karras) for name in REFERENCE for karras in (False, True) if not karras or samplers.SPECS[name].karras]
 
