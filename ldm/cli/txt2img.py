@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ldm.cli.from_file import add_from_file_options, run_from_file
 from ldm.cli.parser import OneLineParser
 from ldm.cli.preview_options import add_preview_options, check_preview_options, preview_file
 from ldm.cli.prompt_options import add_prompt_options, apply_prompt_options
@@ -19,7 +20,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 def build_parser() -> argparse.ArgumentParser:
     from ldm.generate.image_settings import UPSCALERS
 
-    p = common_parser("ldm-txt2img", "Generate images from a text prompt with a Stable Diffusion v1 model.")
+    p = common_parser(
+        "ldm-txt2img", "Generate images from a text prompt with a Stable Diffusion v1 model.", from_file=True
+    )
     hires = p.add_argument_group("hires fix (AUTOMATIC1111's second pass at a larger size)")
     hires.add_argument("--hires-scale", type=float, help="upscale the first image by this much and refine it")
     hires.add_argument(
@@ -38,14 +41,17 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The options every ldm generation command takes."""
+def common_parser(prog: str, description: str, *, from_file: bool = False) -> argparse.ArgumentParser:
+    """The options every ldm generation command takes; `from_file`: also --from-file, instead of --prompt."""
     from ldm.models.attention import BACKENDS
     from ldm.runtime.offload import MODES
     from ldm.sampling.samplers import SPECS
 
     p = OneLineParser(prog=prog, description=description)
-    p.add_argument("--prompt", required=True, help="what the image should show")
+    source = p.add_mutually_exclusive_group(required=True) if from_file else p
+    source.add_argument("--prompt", required=not from_file, help="what the image should show")
+    if from_file:
+        add_from_file_options(p, source)
     p.add_argument("--negative-prompt", default="", help="what it should not show")
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's, 50 for SD v1)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: 7.5)")
@@ -65,6 +71,8 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=BACKENDS, help="attention backend")
     p.add_argument("--offload", choices=MODES, help="keep weights in CPU memory between uses")
     p.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first image, then faster)")
+    p.add_argument("--no-pack", action="store_true",
+                   help="CPU: weights stay in the file's pages, shared by processes (less memory, slower)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles: large images in bounded memory")
     p.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time: less memory")
     p.add_argument("--clip-skip", type=int, help="1 = last CLIP layer; 2 = the one before (AUTOMATIC1111)")
@@ -99,9 +107,6 @@ Inputs = Callable[[argparse.Namespace], tuple[Any, Any, dict[str, Any]]]
 
 
 def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
-    import torch
-
-    from ldm.generate.pipeline import Pipeline
     from ldm.outputs.png import save_png
 
     if args.n_iter < 1 or args.batch_size < 1:
@@ -109,30 +114,10 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
     _check_outdir(args.outdir)
     image, mask, image_settings = inputs(args) if inputs is not None else (None, None, _hires_settings(args))
     check_preview_options(args)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    pipe = Pipeline.load(args.checkpoint, device=args.device, dtype=dtype, attention=args.attention, config=args.config,
-                         offload=args.offload, compile=args.compile, taesd=args.taesd)  # fmt: skip
-    pipe.hash_model()
-    apply_prompt_options(pipe, args)
-    request = pipe.request(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        steps=args.steps,
-        guidance=args.guidance,
-        sampler=args.sampler,
-        karras=args.karras or None,
-        width=args.width,
-        height=args.height,
-        clip_skip=args.clip_skip,
-        eta=args.eta,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        vae_tiling=args.vae_tiling,
-        vae_slicing=args.vae_slicing,
-        emphasis=args.emphasis,
-        vae_decoder=args.vae_decoder,
-        **image_settings,
-    )
+    if getattr(args, "from_file", None) is not None:
+        return run_from_file(args, load_pipeline, request_settings(args, image_settings))
+    pipe = load_pipeline(args, args.device)
+    request = pipe.request(**request_settings(args, image_settings))
     if image is not None and args.width is None and args.height is None:
         from ldm.generate.image_input import default_size
 
@@ -147,6 +132,44 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
                 print(path)
         request = request.replace(seed=request.seed + args.batch_size)
     return 0
+
+
+def load_pipeline(args: argparse.Namespace, device: str | None) -> Any:
+    """The Pipeline the options describe, on `device`, with its model hash, LoRAs and embeddings."""
+    import torch
+
+    from ldm.generate.pipeline import Pipeline
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    pipe = Pipeline.load(args.checkpoint, device=device, dtype=dtype, attention=args.attention, config=args.config,
+                         offload=args.offload, compile=args.compile, taesd=args.taesd,
+                         pack=not args.no_pack)  # fmt: skip
+    pipe.hash_model()
+    apply_prompt_options(pipe, args)
+    return pipe
+
+
+def request_settings(args: argparse.Namespace, image_settings: dict[str, Any]) -> dict[str, Any]:
+    """The request the options give, as Pipeline.request's keywords (None: the model's default)."""
+    return {
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "sampler": args.sampler,
+        "karras": args.karras or None,
+        "width": args.width,
+        "height": args.height,
+        "clip_skip": args.clip_skip,
+        "eta": args.eta,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "vae_tiling": args.vae_tiling,
+        "vae_slicing": args.vae_slicing,
+        "emphasis": args.emphasis,
+        "vae_decoder": args.vae_decoder,
+        **image_settings,
+    }
 
 
 def _hires_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -88,6 +88,7 @@ class Pipeline:
         offload: str | None = None,
         compile: bool = False,
         taesd: str | Path | None = None,
+        pack: bool = True,
     ) -> Pipeline:
         """Load a single-file checkpoint or a diffusers folder (None: the built-in model).
 
@@ -96,6 +97,7 @@ class Pipeline:
         ldm/runtime/offload.py) keeps the weights in CPU memory and lends them to the device while they compute.
         `compile` runs the U-Net through torch.compile (the first image pays the compilation, minutes on a CPU).
         `taesd`: a TAESD for previews and `vae_decoder="taesd"` (the built-in model has its own).
+        `pack=False` keeps a CPU's weights in the file's pages, shared by every process that maps the file.
         Otherwise ldm/cpu/swap_in.py fits the modules for speed; on a CPU without offload their layers also pack
         their weights for oneDNN on first use, unless they share one mapping of a pickle that
         ldm/checkpoints/mapped_pickle.py could not split.
@@ -129,7 +131,7 @@ class Pipeline:
         if not compile:
             # Packed copies live in CPU memory: not for offload (the CPU copy visits the device), nor for weights on
             # one shared mapping of a pickle (packing would keep every file page beside the packed copies).
-            pack = device.type == "cpu" and not offload and not model.one_mapping
+            pack = pack and device.type == "cpu" and not offload and not model.one_mapping
             for module in pipe.components():
                 swap_in(module, pack=pack)
         pipe._set_offload(offload)

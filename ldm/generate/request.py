@@ -138,7 +138,7 @@ class GenerationRequest:
             if "Steps" in fields:
                 given["steps"] = int(fields.pop("Steps"))
             if "Sampler" in fields:
-                given["sampler"], karras = _sampler(fields.pop("Sampler"))
+                given["sampler"], karras = sampler_from_display(fields.pop("Sampler"))
                 given["karras"] = karras
             schedule = fields.pop("Schedule type", "Automatic")
             if schedule not in ("Automatic", "Karras"):
@@ -165,7 +165,7 @@ class GenerationRequest:
         return cls(**given, extra=fields)
 
 
-def _sampler(display: str) -> tuple[str, bool]:
+def sampler_from_display(display: str) -> tuple[str, bool]:
     """Our sampler name for an A1111 one, and whether it named Karras the old way ("DPM++ 2M Karras")."""
     karras = display.endswith(" Karras")
     name = samplers.by_display_name(display.removesuffix(" Karras"))

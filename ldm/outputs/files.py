@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 ATTEMPTS = 100  # random names tried before giving up (each collision is a 1 in 2^48 event)
 
@@ -34,3 +36,18 @@ def new_folder(parent: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def write_whole(path: Path, write: Callable[[BinaryIO], object], *, replace: bool = False) -> None:
+    """Write `path` through a new file beside it, so that it appears whole or not at all: renamed over the file
+    there (`replace`), or linked to its name, raising FileExistsError rather than replacing one."""
+    fd, tmp = new_file(path.parent, ".ldm-", path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ldm.errors import LdmError
-from ldm.outputs.files import new_file
+from ldm.outputs.files import new_file, write_whole
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -53,3 +53,18 @@ def next_number(outdir: Path) -> int:
     numbers = [int(m.group(1)) for p in outdir.iterdir()
                if (m := re.match(r"(\d{5,})-", p.name)) and not p.name.endswith(".preview.png")]  # fmt: skip
     return max(numbers, default=-1) + 1
+
+
+def save_png_as(image: Image.Image, path: Path, parameters: str) -> Path:
+    """Write the PNG at exactly `path` (a name chosen by its caller, such as a job's); an existing file there is
+    an error, never replaced, and a half-written PNG never appears under that name."""
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_whole(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+        return path
+    except FileExistsError:
+        raise LdmError(f"{path} already exists; move it away or choose another --outdir") from None
+    except OSError as e:
+        raise LdmError(f"cannot write an image into {path.parent} ({e.strerror}); choose a writable --outdir") from None
