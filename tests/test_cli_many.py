@@ -138,6 +138,11 @@ def test_bad_input_exits_2_with_one_line_before_the_model_loads(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_skip_existing_goes_with_a_prompt_file(tmp_path, capsys):
+    assert main(["--prompt", "a", "--skip-existing", "--outdir", str(tmp_path / "out")]) == 2
+    assert "--skip-existing finishes a --from-file run" in capsys.readouterr().err
+
+
 def test_a_used_folder_is_refused_without_skip_existing(tmp_path, capsys):
     (tmp_path / "prompts.txt").write_text("a\n")
     (tmp_path / "out" / ".ldm-jobs").mkdir(parents=True)

@@ -156,11 +156,15 @@ def test_a_failed_job_is_recorded_and_a_rerun_makes_only_what_is_missing(tmp_pat
     assert manifest(tmp_path)[3]["settings"]["prompt"] == "d"  # read back from the PNG
 
 
-def test_nothing_to_make_loads_no_pipeline_and_a_bad_job_is_refused_first(tmp_path):
+def test_nothing_left_to_make_loads_no_pipeline_and_a_bad_job_is_refused_first(tmp_path):
     def no_pipeline(device):
         raise AssertionError("loaded a pipeline for no jobs")
 
     assert generate_many(no_pipeline, [], tmp_path / "none", world=World()).jobs == 0
+    generate_many(lambda device: StandIn(), ["a", "b"], tmp_path / "done", world=World())
+    (tmp_path / "done" / "manifest.jsonl").unlink()  # e.g. a folder merged from machines that each wrote their own
+    summary = generate_many(no_pipeline, ["a", "b"], tmp_path / "done", skip_existing=True, world=World())
+    assert (summary.made, summary.skipped) == (0, 2) and len(manifest(tmp_path / "done")) == 2
     with pytest.raises(ConfigError, match="job 1: unknown setting 'batch_size'"):
         generate_many(no_pipeline, ["a", {"prompt": "b", "batch_size": 2}], tmp_path / "bad", world=World())
     assert not (tmp_path / "bad").exists()

@@ -114,6 +114,8 @@ def run(args: argparse.Namespace, inputs: Inputs | None = None) -> int:
     _check_outdir(args.outdir)
     image, mask, image_settings = inputs(args) if inputs is not None else (None, None, _hires_settings(args))
     check_preview_options(args)
+    if getattr(args, "skip_existing", False) and args.from_file is None:
+        raise LdmError("--skip-existing finishes a --from-file run; give the prompt file")
     if getattr(args, "from_file", None) is not None:
         return run_from_file(args, load_pipeline, request_settings(args, image_settings))
     pipe = load_pipeline(args, args.device)

@@ -51,8 +51,12 @@ class Group:
             dist.barrier(group=self.handle)
 
     def close(self) -> None:
-        if self.owned:
-            import torch.distributed as dist
+        if self.world.size == 1:
+            return
+        import torch.distributed as dist
 
+        if self.owned:
             dist.destroy_process_group()
-            self.owned = False
+        elif self.handle is not None:
+            dist.destroy_process_group(self.handle)
+        self.owned, self.handle = False, None

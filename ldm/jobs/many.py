@@ -25,6 +25,7 @@ from ldm.outputs.png import save_png_as
 if TYPE_CHECKING:
     from ldm.generate.pipeline import Pipeline
 
+NO_RECORD = "neither an image nor a record in this folder (if another machine made it, copy its files here)"
 JOB_FIELDS = {f.name for f in dataclasses.fields(GenerationRequest)} - {"batch_size", "extra"}
 
 
@@ -148,7 +149,7 @@ def _finish(outdir: Path, seeds: list[int], run: str, processes: int, seconds: f
         current = record is not None and (record.get("file") == image.name or record.get("run") == run)
         if image.exists() and not current:
             record = records.record_from_image(image, job, seed)  # its process stopped before writing the record
-        found.append(record or {"job": job, "seed": seed, "status": "failed", "error": "no record"})
+        found.append(record or {"job": job, "seed": seed, "status": "failed", "error": NO_RECORD})
     manifest = records.write_manifest(outdir, found)
     failed = tuple(r["job"] for r in found if r["status"] != "done")
     made = sum(r.get("run") == run and r["status"] == "done" for r in found)
