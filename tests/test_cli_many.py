@@ -123,6 +123,21 @@ def test_two_processes_without_a_seed_share_one_drawn_seed(tmp_path):
     assert len(set(made.values())) == 4  # the same prompt, four different images
 
 
+def test_a_script_that_started_torch_distributed_itself_can_call_generate_many(tmp_path):
+    script = tmp_path / "own.py"
+    script.write_text(
+        "import sys\nimport torch.distributed as dist\nfrom ldm import Pipeline, generate_many\n"
+        "dist.init_process_group('gloo')\n"  # as Accelerate's PartialState() does on GPUs (with NCCL)
+        "summary = generate_many(lambda device: Pipeline.load(device=device), ['a red circle'] * 3, sys.argv[1],"
+        " seed=5, progress=False)\n"
+        "print(dist.get_rank(), summary.made, dist.is_initialized())\n"
+    )
+    result = run(torchrun(str(script), str(tmp_path / "out")))
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split("\n")[:2]) == ["0 3 True", "1 3 True"]
+    assert sorted(images(tmp_path / "out")) == [f"job-{j:05d}-{5 + j}.png" for j in range(3)]
+
+
 @pytest.mark.parametrize(
     ("lines", "options", "message"),
     [

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ldm import GenerationRequest, Result
 from ldm.errors import ConfigError
+from ldm.jobs.group import Group
 from ldm.jobs.many import generate_many, job_seeds
 from ldm.jobs.prompt_file import read_prompt_file
 from ldm.jobs.records import RECORDS, image_name
@@ -51,6 +52,12 @@ def test_the_world_comes_from_torchruns_variables():
     for bad in ({"RANK": "x", "WORLD_SIZE": "2"}, {"RANK": "2", "WORLD_SIZE": "2"}):
         with pytest.raises(ConfigError, match="torchrun"):
             World.from_environment(bad)
+
+
+def test_many_processes_without_torchruns_address_are_refused(monkeypatch):
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR/MASTER_PORT are not set; start the processes with torchrun"):
+        Group(World(0, 2))
 
 
 def test_each_process_has_its_own_gpu_unless_a_device_is_named():
