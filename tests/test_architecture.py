@@ -38,8 +38,10 @@ def allowed(importer: str, imported: str) -> bool:
         return False  # the samplers are math over a denoiser
     if importer == "checkpoints" and imported == "cpu":
         return False  # reading files never depends on how a CPU computes
-    if imported in ("generate", "cli", ""):  # the top of the stack: only the console scripts and __init__
-        return importer in ("cli", "")
+    if imported == "serve":  # the HTTP server: only its console script starts it
+        return importer == "cli"
+    if imported in ("generate", "cli", ""):  # the top of the stack: the console scripts, __init__ and the server
+        return importer in ("cli", "") or importer == "serve" and imported != "cli"
     return True
 
 
