@@ -53,6 +53,7 @@ class Progress:
             self.job, self.job_count, self.job_no = "", 0, 0
             self.sampling_step = self.sampling_steps = 0
             self.current_image = None
+            self.interrupted = self.skipped = False  # idle: nothing is being stopped
 
     def interrupt(self) -> None:
         with self.lock:

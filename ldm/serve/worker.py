@@ -95,6 +95,7 @@ class Worker:
         self.closing = False
         self.running: Job | None = None
         self.seconds_per_job = 1.0  # a running mean, for Retry-After
+        self.done = 0  # jobs run (not those cancelled while they waited)
         self.thread = threading.Thread(target=self._loop, name="ldm-worker", daemon=True)
 
     def start(self) -> None:
@@ -162,6 +163,7 @@ class Worker:
             finally:
                 self.progress.end()
                 self.running = None
+                self.done += 1
                 seconds = time.monotonic() - started
                 self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * seconds
 
