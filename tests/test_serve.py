@@ -13,6 +13,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import save_file
 
 from ldm import Pipeline
 from ldm.outputs.png import png_bytes
@@ -333,3 +334,43 @@ def test_a_models_folder_lists_its_models_switches_by_name_and_keeps_links_insid
         r = c.post("/sdapi/v1/txt2img", json={**small, "override_settings": {"sd_model_checkpoint": "shapes"}})
         infotext = json.loads(r.json()["info"])["infotexts"][0]
         assert "Model: shapes" in infotext and "Model: shapes-copy" not in infotext
+
+
+def test_lora_tags_and_embeddings_come_only_from_their_folders(tmp_path, outdir, library):
+    loras, embeddings, elsewhere = tmp_path / "loras", tmp_path / "embeddings", tmp_path / "elsewhere"
+    for folder in (loras, embeddings, elsewhere):
+        folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    key = "lora_unet_mid_block_attentions_0_proj_in"  # middle_block.1.proj_in, a 1x1 conv of 128 channels
+    lora = {f"{key}.lora_down.weight": torch.randn(4, 128, 1, 1, generator=g),
+            f"{key}.lora_up.weight": torch.randn(128, 4, 1, 1, generator=g),
+            f"{key}.alpha": torch.tensor(4.0)}  # fmt: skip
+    save_file(lora, loras / "bold.safetensors")
+    save_file(lora, elsewhere / "outside.safetensors")
+    os.symlink(elsewhere / "outside.safetensors", loras / "linked.safetensors")
+    save_file({"emb_params": torch.randn(2, 64, generator=g)}, embeddings / "shapey.safetensors")
+    save_file({"emb_params": torch.randn(2, 64, generator=g)}, elsewhere / "sneaky.safetensors")
+    os.symlink(elsewhere / "sneaky.safetensors", embeddings / "sneaky.safetensors")
+    settings = Settings(outdir=outdir, lora_dir=loras, embeddings_dir=embeddings)
+    with TestClient(create_app(Server(Catalog(), settings))) as c:
+        assert [entry["name"] for entry in c.get("/sdapi/v1/loras").json()] == ["bold"]
+        assert list(c.get("/sdapi/v1/embeddings").json()["loaded"]) == ["shapey"]
+        plain = {"prompt": PROMPT, "seed": 3, "steps": 2}
+        r = c.post("/sdapi/v1/txt2img", json={**plain, "prompt": PROMPT + " <lora:bold:1> shapey"})
+        assert r.status_code == 200, r.text
+        infotext = json.loads(r.json()["info"])["infotexts"][0]
+        assert "Lora hashes:" in infotext and "TI hashes:" in infotext
+        assert r.json()["images"] != c.post("/sdapi/v1/txt2img", json=plain).json()["images"]
+        r = c.post("/sdapi/v1/txt2img", json={**plain, "prompt": PROMPT + " <lora:linked:1>"})
+        assert r.status_code == 422 and "no LoRA named 'linked'" in r.json()["detail"]
+
+
+def test_the_command_refuses_bad_flags_in_one_line_and_warns_when_open_to_the_network(capsys, tmp_path):
+    from ldm.cli.serve import main
+
+    assert main(["--api-auth", "nopassword", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    assert "user:password" in capsys.readouterr().err
+    assert main(["--listen", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "warning: listening on 0.0.0.0 with no --api-auth or --api-key" in err[0] and "does not exist" in err[1]
+    assert main(["--max-steps", "0"]) == 2 and "at least 1" in capsys.readouterr().err
