@@ -334,6 +334,12 @@ def test_a_models_folder_lists_its_models_switches_by_name_and_keeps_links_insid
         r = c.post("/sdapi/v1/txt2img", json={**small, "override_settings": {"sd_model_checkpoint": "shapes"}})
         infotext = json.loads(r.json()["info"])["infotexts"][0]
         assert "Model: shapes" in infotext and "Model: shapes-copy" not in infotext
+        r = c.post("/sdapi/v1/txt2img", json=small)  # the override was for that request only
+        assert "Model: shapes-copy" in json.loads(r.json()["info"])["infotexts"][0]
+        keep = {"sd_model_checkpoint": "shapes"}
+        c.post("/sdapi/v1/txt2img", json={**small, "override_settings": keep,
+                                          "override_settings_restore_afterwards": False})  # fmt: skip
+        assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("shapes.safetensors")
 
 
 def test_lora_tags_and_embeddings_come_only_from_their_folders(tmp_path, outdir, library):

@@ -145,6 +145,7 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
         "refiner_checkpoint": bool(body.refiner_checkpoint),
         "firstpass_image": bool(body.firstpass_image),
         "hr_checkpoint_name": bool(body.hr_checkpoint_name),
+        "infotext": bool(body.infotext),
     }
     if isinstance(body, Img2ImgBody):
         asked["latent_mask"] = bool(body.latent_mask)

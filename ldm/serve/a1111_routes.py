@@ -54,7 +54,11 @@ async def _generate(body: Txt2ImgBody, request: Request, kind: str) -> dict[str,
         if body.width is None and body.height is None:
             settings["width"], settings["height"] = default_size(image)
     override = body.override_settings or {}
-    model = server.catalog.find(override["sd_model_checkpoint"]).filename if "sd_model_checkpoint" in override else None
+    # The options' model, or the one override_settings names for this request only (A1111 restores the options'
+    # model afterwards unless override_settings_restore_afterwards is false).
+    model = server.options.model
+    if "sd_model_checkpoint" in override:
+        model = server.catalog.find(str(override["sd_model_checkpoint"])).filename
     n_iter = 1 if body.n_iter is None else body.n_iter
     if n_iter < 1:
         raise ConfigError(f"n_iter must be at least 1, got {n_iter}")
@@ -63,6 +67,8 @@ async def _generate(body: Txt2ImgBody, request: Request, kind: str) -> dict[str,
     if server.worker.pipe is not None:
         work.request_for(server.worker.pipe)  # refused now, not after waiting in the queue
     made: Made = await awaiting.run(server.worker, Job(kind, work, model, n_iter), request)
+    if body.override_settings_restore_afterwards is False and model != server.options.model:
+        server.options = dataclasses.replace(server.options, model=model)
     images = await run_in_threadpool(
         lambda: [to_base64(i, t) for i, t in zip(made.images, made.infotexts, strict=True)]
     )

@@ -95,7 +95,7 @@ async def _run(request: Request, kind: str, settings: dict[str, Any], image: Ima
     work = GenerationJob(settings, 1, server.settings.limits, server.options, image, mask)
     if server.worker.pipe is not None:
         work.request_for(server.worker.pipe)
-    made = await awaiting.run(server.worker, Job(kind, work), request)
+    made = await awaiting.run(server.worker, Job(kind, work, server.options.model), request)
     images = await run_in_threadpool(
         lambda: [to_base64(i, t, fmt, quality) for i, t in zip(made.images, made.infotexts, strict=True)]
     )
