@@ -29,7 +29,10 @@ from ldm.serve.server import Server, Settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
-    pytest.skip("the browser tests need headless Chromium: apt-get install chromium", allow_module_level=True)
+    pytest.skip(
+        "the browser tests need headless Chromium: install Debian's chromium package (apt-get install chromium)",
+        allow_module_level=True,
+    )
 
 import uvicorn  # noqa: E402 (after the skip: a machine without chromium needs none of this)
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
@@ -124,6 +127,9 @@ def test_every_control_has_a_label_and_the_page_fits_a_phone(page):
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
     shot(page, "phone")
+    page.check("input[name=mode][value=img2img]")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    shot(page, "phone-img2img")
 
 
 def test_a_prompt_makes_a_picture_with_progress_a_preview_and_its_infotext(page):
@@ -132,9 +138,11 @@ def test_a_prompt_makes_a_picture_with_progress_a_preview_and_its_infotext(page)
     page.fill("#seed", "7")
     page.locator("#prompt").focus()
     seen, previews, shown = set(), 0, False
+    deadline = time.monotonic() + 60
     with page.expect_response("**/sdapi/v1/txt2img", timeout=60_000) as answer:
         page.keyboard.press("Control+Enter")
         while page.locator("#gallery li").count() == 0:
+            assert time.monotonic() < deadline, "no picture came"
             value = page.evaluate("document.getElementById('progress').value")
             previews += page.evaluate("!document.getElementById('preview').hidden")
             seen.add(value)
@@ -294,6 +302,37 @@ def test_a_refused_value_is_shown_next_to_its_field(page):
     generate(page)
     page.wait_for_selector("#width-error")
     assert "multiple of 8" in page.inner_text("#width-error") and page.locator("#steps-error").count() == 0
+
+
+# What the server says when it refuses a request (ldm/serve, ldm/generate), and the control the page shows it by.
+MESSAGES = [
+    ("steps: Input should be a valid integer, unable to parse string as an integer", "txt2img", "steps"),
+    ("1000 steps is over this server's 100 (--max-steps)", "txt2img", "steps"),
+    ("4096x4096 is over this server's 4194304 pixels (--max-pixels)", "txt2img", "width"),
+    ("batch_size x n_iter = 20 is over the server's 16 (--max-images)", "txt2img", "batch_size"),
+    ("Sampler not found: 'Foo'; GET /sdapi/v1/samplers lists them", "txt2img", "sampler_name"),
+    ("seed must be -1 (random) or from 0 up, got -5", "txt2img", "seed"),
+    ("strength must be a number from 0 to 1, got 1.5", "img2img", "denoising_strength"),
+    ("strength must be a number from 0 to 1, got 1.5", "txt2img", "hr_denoising_strength"),
+    ("mask blur must be a whole number of pixels from 0 to 256, got 300", "img2img", "mask_blur"),
+    ("init_images[0] is not base64; send the file's bytes base64-encoded", "img2img", "init_images"),
+    ("no model titled 'x'; closest: ldm-shapes.safetensors", "txt2img", "sd_model_checkpoint"),
+    ("upscaler 'x' not found; GET /sdapi/v1/upscalers lists them", "txt2img", "hr_upscaler"),
+    ("the mask repaints nothing (all black); paint white where the picture should change", "img2img", "mask"),
+    ("ldm-serve does not support restore_faces; leave them out or at their defaults", "txt2img", None),
+]
+
+
+def test_each_refusal_points_at_the_control_it_concerns(page):
+    found = page.evaluate(
+        """async cases => {
+            const { fieldOf } = await import('/web/errors.js');
+            return cases.map(([message, mode]) => fieldOf(message, mode));
+        }""",
+        [[message, mode] for message, mode, _ in MESSAGES],
+    )
+    assert found == [field for _, _, field in MESSAGES]
+    assert all(page.locator(f"#{field}").count() == 1 for field in found if field)
 
 
 def test_a_lost_connection_is_said_and_retried(page):

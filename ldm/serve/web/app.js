@@ -49,10 +49,12 @@ async function generate() {
     lastSeed = info.seed;
     $("seed-reuse").disabled = false;
   } catch (e) {
-    if (e instanceof ApiError) showError(fieldOf(e.message, kind), e.message, $("form-error"));
-    else if (e instanceof ConnectionLost) {
-      showError(null, "The connection was lost before the picture came back; generate again once it is back.",
-        $("form-error"));
+    if (e instanceof ApiError) {
+      const client = [400, 404, 413, 422].includes(e.status); // the request's fault: its field is named
+      showError(client ? fieldOf(e.message, kind) : null, e.message, $("form-error"));
+    } else if (e instanceof ConnectionLost) {
+      const lost = "The connection was lost before the picture came back; generate again once it is back.";
+      showError(null, lost, $("form-error"));
     } else throw e;
   } finally {
     progress.finished();

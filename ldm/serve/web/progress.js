@@ -17,6 +17,7 @@ export class Progress {
     $("run").hidden = false;
     $("interrupt").disabled = $("skip").disabled = false;
     this.say();
+    if (this.pending === 1) $("run").scrollIntoView({ block: "nearest" }); // on a phone it is below the form
     if (!this.timer) this.timer = setTimeout(() => this.poll(), 0);
   }
 
