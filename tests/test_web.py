@@ -193,19 +193,26 @@ def test_the_hires_fix_and_use_these_settings(page):
     assert (page.input_value("#width"), page.input_value("#hr_upscaler")) == ("64", "Latent (nearest)")
 
 
-def test_interrupt_stops_the_running_picture_and_a_second_click_queues(page):
+def test_a_second_click_queues_interrupt_stops_a_job_and_skip_a_batch(page):
+    answers = []
+    page.on("response", lambda r: r.url.endswith("/sdapi/v1/txt2img") and answers.append(r))
+    text = "() => document.getElementById('progress-text').textContent"
     page.fill("#prompt", "a small blue square")
     page.fill("#steps", "50")
-    with page.expect_response("**/sdapi/v1/txt2img", timeout=60_000) as first:
-        page.click("#generate")
-        page.click("#generate")  # queued behind the first
-        page.wait_for_function("() => document.getElementById('progress-text').textContent.includes('1 more')")
-        page.wait_for_function("() => document.getElementById('progress').value > 0.1")
-        shot(page, "queued")
-        page.click("#interrupt")
-    assert json.loads(first.value.json()["info"])["infotexts"]  # a stopped picture still comes back
-    page.wait_for_function("() => document.querySelectorAll('#gallery li').length == 2", timeout=60_000)
-    page.wait_for_selector("#run", state="hidden")
+    page.click("#generate")
+    page.fill("#n_iter", "2")
+    page.click("#generate")  # queued behind the first
+    page.wait_for_function(f"() => ({text})().includes('1 more')")
+    page.wait_for_function("() => document.getElementById('progress').value > 0.1")
+    shot(page, "queued")
+    page.click("#interrupt")
+    page.wait_for_function(f"() => ({text})().includes('batch 1 of 2')")  # the second job runs
+    page.click("#skip")
+    page.wait_for_function(f"() => ({text})().includes('batch 2 of 2')")
+    page.wait_for_selector("#run", state="hidden", timeout=60_000)
+    made = [len(json.loads(answer.json()["info"])["infotexts"]) for answer in answers]
+    assert made == [1, 2]  # a stopped picture still comes back
+    assert page.locator("#gallery li").count() == 3
 
 
 def test_inpainting_changes_the_picture_inside_the_painted_mask_only(page):
