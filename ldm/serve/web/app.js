@@ -11,6 +11,7 @@ import { Progress } from "./progress.js";
 
 const $ = (id) => document.getElementById(id);
 const form = $("form");
+const general = $("form-error"); // a refusal that names no control
 const progress = new Progress();
 const gallery = new Gallery();
 const editor = new MaskEditor();
@@ -24,7 +25,8 @@ async function start() {
     await loadLists();
     listed = true;
   } catch (e) {
-    if (!(e instanceof ConnectionLost)) showError(null, `Could not read the server's lists: ${e.message}`, $("form-error"));
+    // a lost connection has its banner, and the lists are read again once it is back
+    if (!(e instanceof ConnectionLost)) showError(null, `Cannot read the server's lists: ${e.message}`, general);
   }
 }
 onReconnect(() => listed || start());
@@ -51,10 +53,10 @@ async function generate() {
   } catch (e) {
     if (e instanceof ApiError) {
       const client = [400, 404, 413, 422].includes(e.status); // the request's fault: its field is named
-      showError(client ? fieldOf(e.message, kind) : null, e.message, $("form-error"));
+      showError(client ? fieldOf(e.message, kind) : null, e.message, general);
     } else if (e instanceof ConnectionLost) {
       const lost = "The connection was lost before the picture came back; generate again once it is back.";
-      showError(null, lost, $("form-error"));
+      showError(null, lost, general);
     } else throw e;
   } finally {
     progress.finished();
@@ -70,7 +72,7 @@ async function switchModel() {
     const current = await call("GET", "/options");
     showModels(await call("GET", "/sd-models"), current.sd_model_checkpoint);
   } catch (e) {
-    showError(select.id, e.message, $("form-error"));
+    showError(select.id, e.message, general);
   } finally {
     select.disabled = false;
   }
