@@ -15,6 +15,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,22 +61,34 @@ class SlowStepServer(Server):
         return pipe
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
-    out = tmp_path_factory.mktemp("web-served")
-    settings = Settings(outdir=out, lora_dir=out / "none", embeddings_dir=out / "none", limits=Limits(steps=MAX_STEPS))
+@contextmanager
+def serving(server: Server) -> Iterator[str]:
+    """ldm-serve on a free port of 127.0.0.1 (uvicorn in a thread), at the URL it yields."""
     listening = socket.socket()
     listening.bind(("127.0.0.1", 0))
-    web = uvicorn.Server(uvicorn.Config(create_app(SlowStepServer(Catalog(), settings)), log_level="warning"))
+    web = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
     thread = threading.Thread(target=web.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
     while not web.started:
         assert thread.is_alive() and time.monotonic() < deadline, "ldm-serve did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    web.should_exit = True
-    thread.join(60)
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        web.should_exit = True
+        thread.join(60)
+
+
+def settings_in(folder: Path, **changes) -> Settings:
+    return Settings(outdir=folder, lora_dir=folder / "none", embeddings_dir=folder / "none", **changes)
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    settings = settings_in(tmp_path_factory.mktemp("web-served"), limits=Limits(steps=MAX_STEPS))
+    with serving(SlowStepServer(Catalog(), settings)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +367,14 @@ def test_a_lost_connection_is_said_and_retried(page):
     page.context.set_offline(False)
     page.wait_for_selector("#connection.back", timeout=10_000)
     assert "Connected again" in page.inner_text("#connection")
+
+
+def test_behind_api_auth_the_browser_signs_in_and_the_page_works(browser, tmp_path):
+    server = Server(Catalog(), settings_in(tmp_path, users={"ann": "secret"}))
+    with serving(server) as url:
+        # (without them, the page answers 401 with WWW-Authenticate: Basic, and a browser asks: test_web_routes.py)
+        context = browser.new_context(http_credentials={"username": "ann", "password": "secret"})
+        page = context.new_page()
+        assert page.goto(url + "/").status == 200
+        page.wait_for_function("() => document.getElementById('sampler_name').options.length > 1")  # its fetches too
+        context.close()

@@ -29,6 +29,7 @@ def test_the_page_and_its_files_have_their_content_types_and_policy(app):
     for name in FILES:
         kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
         assert client.get(f"/web/{name}").headers["content-type"] == f"{kind}; charset=utf-8"
+        assert client.head(f"/web/{name}").status_code == 200
     for script in (n for n in FILES if n.endswith(".js")):
         assert "http" not in client.get(f"/web/{script}").text  # only this server's own routes
     unlisted = client.get("/web/web_routes.py")
