@@ -1,4 +1,5 @@
-"""The FastAPI application of ldm-serve: the A1111 and OpenAI routes behind the guards, and every error as JSON.
+"""The FastAPI application of ldm-serve: the A1111 and OpenAI routes and the web page behind the guards, and every
+error as JSON.
 
 Outermost first: the access log, CORS (only with --cors-allow-origins), credentials, the body-size limit.
 """
@@ -16,7 +17,7 @@ from starlette.exceptions import HTTPException
 
 from ldm import __version__
 from ldm.errors import LdmError
-from ldm.serve import a1111_routes, openai_routes
+from ldm.serve import a1111_routes, openai_routes, web_routes
 from ldm.serve.awaiting import ClientGone
 from ldm.serve.errors import body, message_of, status_of
 from ldm.serve.guards import AccessLog, BodyLimit, Credentials
@@ -36,6 +37,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.server = server
     app.include_router(a1111_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(web_routes.router)  # the page at /, for people
     for kind, handler in _handlers().items():
         app.add_exception_handler(kind, handler)
     settings = server.settings
