@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q $(TORCH) -e '.[test]'
+	$(PY) -m pip install -q $(TORCH) -e '.[test,serve]'
 	# open_clip_torch is only a data oracle for the tokenizer tests; --no-deps keeps torchvision (and a CUDA torch) out.
 	$(PY) -m pip install -q --no-deps open_clip_torch==3.3.0
 	touch $@

@@ -38,10 +38,14 @@ def allowed(importer: str, imported: str) -> bool:
         return False  # the samplers are math over a denoiser
     if importer == "checkpoints" and imported == "cpu":
         return False  # reading files never depends on how a CPU computes
+    if imported == "serve":  # the HTTP server: only its console script starts it
+        return importer == "cli"
     if importer == "jobs" and imported == "generate":  # many generations, over many processes: above one
         return True
-    if imported in ("generate", "jobs", "cli", ""):  # the top of the stack: only the console scripts and __init__
+    if imported == "jobs":  # only the console scripts and __init__ run many jobs
         return importer in ("cli", "")
+    if imported in ("generate", "cli", ""):  # the top of the stack: the console scripts, __init__ and the server
+        return importer in ("cli", "") or importer == "serve" and imported != "cli"
     return True
 
 

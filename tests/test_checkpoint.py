@@ -5,6 +5,7 @@ import json
 import struct
 import sys
 import types
+import weakref
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,25 @@ def test_fp16_file_loads_as_float32_and_as_float16(tmp_path, tiny):
     path = write_single_file(tensors, tmp_path / "half.safetensors", tiny)
     assert_loaded_exactly(load_model(path), tensors)
     assert_loaded_exactly(load_model(path, dtype=torch.float16), tensors, dtype=torch.float16)
+
+
+def test_a_float16_file_lets_each_tensor_go_once_its_float32_copy_exists(tmp_path, tiny, monkeypatch):
+    """Peak memory: never the whole file beside the whole converted copy (a mapped tensor's pages go with it)."""
+    from ldm.checkpoints import build
+
+    path = write_single_file(random_checkpoint(dtype=torch.float16), tmp_path / "half.safetensors", tiny)
+    seen, alive_at_each = [], []
+    convert = build._convert
+
+    def spy(tensor, dtype, device):
+        alive_at_each.append(sum(ref() is not None for ref in seen))  # the earlier file tensors still held
+        seen.append(weakref.ref(tensor))
+        return convert(tensor, dtype, device)
+
+    monkeypatch.setattr(build, "_convert", spy)
+    checkpoint = read_checkpoint(path)
+    build.build_model(checkpoint, dtype=torch.float32)
+    assert len(seen) > 100 and max(alive_at_each) == 0 and checkpoint.tensors == {}
 
 
 def test_ema_weights_are_taken_when_asked(tmp_path, tiny):

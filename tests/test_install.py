@@ -27,6 +27,9 @@ SHIPPED = (
     ("weights", "*.safetensors", "ldm/weights"),
     ("weights", "*.json", "ldm/weights"),
     ("ldm/text/data", "*.gz", "ldm/text/data"),
+    ("ldm/serve/web", "*.html", "ldm/serve/web"),
+    ("ldm/serve/web", "*.js", "ldm/serve/web"),
+    ("ldm/serve/web", "*.css", "ldm/serve/web"),
 )
 
 
@@ -97,8 +100,10 @@ def test_wheel_carries_every_module_and_shipped_file(wheel: Path) -> None:
 
 def test_ldm_is_imported_from_the_wheel(installed: Path, tmp_path: Path) -> None:
     code = "import ldm, ldm.shipped; print(ldm.__file__); print(ldm.shipped.shipped('weights'))"
+    code += "; from ldm.serve.web_routes import FILES; print(*FILES.values())"  # the web page's files
     done = _run([installed / "bin" / "python", "-c", code], tmp_path, _clean_env())
     assert done.returncode == 0, done.stderr
+    assert "index.html" in done.stdout and "app.js" in done.stdout
     for line in done.stdout.split():
         path = Path(line).resolve()
         assert path.is_relative_to(installed.resolve()), f"{path} is not inside the new virtualenv {installed}"

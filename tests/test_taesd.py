@@ -134,3 +134,27 @@ def test_config_says_whether_it_fits_a_vae():
     assert infer_config(_from_reference(reference(CONFIGS["3-levels"]))) == CONFIGS["3-levels"]
     with torch.device("meta"):
         assert TAESD(TAESDConfig(), decoder=False).decoder is None
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_fitted_for_speed_it_decodes_the_same_through_its_folded_upsamples(pack, monkeypatch):
+    from ldm.cpu import folded
+    from ldm.cpu.folded import folded_kernels
+    from ldm.cpu.swap_in import swap_in, swap_out
+    from ldm.generate.tiny_decoder import fitted
+
+    torch.manual_seed(0)
+    plain = TAESD(TAESDConfig()).eval()
+    keys = list(plain.state_dict())
+    z = torch.randn(1, 4, 12, 10)
+    with torch.inference_mode():
+        expected = plain.decode(z)
+    folds = []
+    monkeypatch.setattr(folded, "folded_kernels", lambda conv: folds.append(conv) or folded_kernels(conv))
+    fast = fitted(plain, torch.device("cpu")) if pack else swap_in(plain, pack=False)
+    with torch.inference_mode():
+        got = fast.decode(z)
+    assert isinstance(fast.decoder, folded.FoldingSequential) and list(fast.state_dict()) == keys
+    assert len(folds) == 2  # 24x20 and 48x40 inputs fold; 12x10 is under FOLD_FROM_AREA, plainly upsampled
+    assert rel_error(got, expected) < 1e-5
+    assert type(swap_out(fast).decoder) is torch.nn.Sequential and list(fast.state_dict()) == keys

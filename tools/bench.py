@@ -43,7 +43,7 @@ from ldm import Pipeline
 from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 from ldm.checkpoints.read import PREFIXES
 from ldm.config import ModelConfig, TextEncoderConfig
-from ldm.cpu.folded import FoldedUpsample
+from ldm.cpu.folded import FoldedUpsample, FoldingSequential
 from ldm.models.text_encoder import TextEncoder
 from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
@@ -230,12 +230,12 @@ def flops(fn: Callable[[], object]) -> int:
 
 def standard_flops(fn: Callable[[], object]) -> int:
     """The FLOPs of `fn` computed as written, as diffusers computes it: upsampling convs not folded."""
-    folding_from = FoldedUpsample.fold_from_area
-    FoldedUpsample.fold_from_area = math.inf
+    folding_from = FoldedUpsample.fold_from_area, FoldingSequential.fold_from_area
+    FoldedUpsample.fold_from_area = FoldingSequential.fold_from_area = math.inf
     try:
         return flops(fn)
     finally:
-        FoldedUpsample.fold_from_area = folding_from
+        FoldedUpsample.fold_from_area, FoldingSequential.fold_from_area = folding_from
 
 
 # ---- the report ----------------------------------------------------------------------------------------------
@@ -335,6 +335,7 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
 
     from ldm.checkpoints.taesd import from_diffusers
     from ldm.generate.preview import picture
+    from ldm.generate.tiny_decoder import fitted
     from ldm.models.taesd import TAESD, TAESDConfig
 
     torch.manual_seed(0)
@@ -342,7 +343,7 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     with torch.device("meta"):
         tiny = TAESD(TAESDConfig())
     tiny.load_state_dict(from_diffusers(their_tiny.state_dict()), assign=True)
-    ours.taesd = tiny.eval()
+    ours.taesd = tiny = fitted(tiny, ours.device)  # as Pipeline.load fits one
     context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
     previews = sum((i + 1) % PREVIEW_EVERY == 0 and i + 1 < PREVIEW_STEPS for i in range(PREVIEW_STEPS))
 

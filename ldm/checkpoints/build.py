@@ -80,7 +80,11 @@ def build_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
 ) -> Model:
-    """Modules for the checkpoint: created on meta, given the file's tensors, converted to `dtype` once."""
+    """Modules for the checkpoint: created on meta, given the file's tensors, converted to `dtype` once.
+
+    The checkpoint's tensors are handed over (its dict is left empty): each file tensor is let go as soon as its
+    converted copy exists, so a float16 file loading as float32 never holds the whole file beside the whole copy
+    (a mapped tensor gives its pages back when dropped; ldm/checkpoints/mapped_safetensors.py)."""
     family = detect_family(checkpoint.tensors)
     config = config or checkpoint.config or infer_config(checkpoint.tensors)
     parts, leftover = split_components(checkpoint.tensors, ema=ema)
@@ -96,8 +100,12 @@ def build_model(
             f"the weights do not fit the architecture ({' | '.join(problems)}); nothing was loaded. "
             "Pass --config for a non-standard model, or check the file"
         )
+    checkpoint.tensors = {}
     for name, module in modules.items():
-        module.load_state_dict({k: _convert(v, dtype, device) for k, v in parts[name].items()}, assign=True)
+        state, converted = parts.pop(name), {}
+        for key in list(state):
+            converted[key] = _convert(state.pop(key), dtype, device)
+        module.load_state_dict(converted, assign=True)
         module.eval().requires_grad_(False)
     return Model(**modules, config=config, family=family, path=checkpoint.path, unused=leftover,
                  one_mapping=checkpoint.one_mapping)  # fmt: skip

@@ -14,11 +14,18 @@ def cache_file() -> Path:
     return Path(root) / "hashes.json"
 
 
-def model_hash(path: Path | None) -> str | None:
-    """The first 10 hex digits of the file's SHA-256 (A1111's "Model hash"); None for a folder or no file.
+def model_hash(path: Path | None, *, compute: bool = True) -> str | None:
+    """The first 10 hex digits of the file's SHA-256 (A1111's "Model hash"); None for a folder or no file."""
+    digest = file_sha256(path, compute=compute)
+    return None if digest is None else digest[:10]
+
+
+def file_sha256(path: Path | None, *, compute: bool = True) -> str | None:
+    """The file's SHA-256 in hex; None for a folder or no file.
 
     The digest is cached under the file's resolved path, size and modification time; a file that changed
-    is hashed again. A missing, corrupt or unwritable cache only costs the hashing time.
+    is hashed again. A missing, corrupt or unwritable cache only costs the hashing time. compute=False: the
+    cached digest or None (a listing of many models must not read them all).
     """
     if path is None or not path.is_file():
         return None
@@ -27,14 +34,16 @@ def model_hash(path: Path | None) -> str | None:
     cache = _read(cache_file())
     entry = cache.get(key)
     if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"][:10]
+        return entry["sha256"]
+    if not compute:
+        return None
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
     cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
     _write(cache_file(), cache)
-    return digest.hexdigest()[:10]
+    return digest.hexdigest()
 
 
 def _read(file: Path) -> dict:

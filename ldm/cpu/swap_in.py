@@ -1,8 +1,9 @@
 """The one call that fits a model's modules for fast CPU inference, and the one that takes them out again.
 
 The model files (ldm/models/) read like the CompVis code; the tricks live here as modules with the same
-children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py), VAE ResnetBlocks in bands of rows
-(ldm/cpu/banded.py), and, with `pack`, weights reordered for oneDNN and fused GEGLUs (ldm/cpu/packing.py).
+children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py; TAESD's upsample-and-conv pairs
+too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), and, with `pack`, weights reordered for oneDNN and
+fused GEGLUs (ldm/cpu/packing.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ldm.cpu.banded import BandedResnetBlock
-from ldm.cpu.folded import FoldedUpsample
+from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
 from ldm.cpu.packing import pack_weights, unpack_weights
 from ldm.models.layers import Upsample
 from ldm.models.vae import ResnetBlock
@@ -25,6 +26,8 @@ def swap_in(model: nn.Module, *, pack: bool = True) -> nn.Module:
         for name, child in parent.named_children():
             if type(child) in SWAPS:
                 setattr(parent, name, SWAPS[type(child)].replacing(child))
+            elif folds_pairs(child):
+                setattr(parent, name, FoldingSequential.replacing(child))
     if pack:
         pack_weights(model)
     return model
@@ -35,6 +38,6 @@ def swap_out(model: nn.Module) -> nn.Module:
     unpack_weights(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, (FoldedUpsample, BandedResnetBlock)):
+            if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential)):
                 setattr(parent, name, child.plain())
     return model

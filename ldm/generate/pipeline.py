@@ -74,6 +74,7 @@ class Pipeline:
         self.loras = MergedLoras(model.config)
         self.lora_uses: tuple[LoraUse, ...] = ()
         self.lora_dir = LORA_FOLDER
+        self.lora_dir_confined = False  # True: prompt tags reach only files inside lora_dir (a server's setting)
         self.taesd: TAESD | None = None  # previews and --vae-decoder taesd (ldm/generate/tiny_decoder.py)
 
     @classmethod
@@ -213,7 +214,8 @@ class Pipeline:
     def _with_networks(self, request: GenerationRequest) -> GenerationRequest:
         """Merge the LoRAs of load_lora and of the prompts' tags; the request notes them, and the embeddings its
         prompts use, in its infotext fields (A1111's Lora hashes, TI hashes)."""
-        self.loras.set((*self.lora_uses, *prompt_loras(request.prompts, self.lora_dir)), self.edit_weights)
+        tagged = prompt_loras(request.prompts, self.lora_dir, confined=self.lora_dir_confined)
+        self.loras.set((*self.lora_uses, *tagged), self.edit_weights)
         texts = [*request.prompts, *request.negative_prompts]
         names = embeddings_used(texts, self.tokenizer, request.emphasis, self.embeddings)
         used = [self.embeddings.by_name[n] for n in names]

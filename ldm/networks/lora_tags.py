@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from ldm.checkpoints.folders import files_in
 from ldm.errors import ConfigError
 from ldm.networks.lora_file import EXTENSIONS
 from ldm.networks.merged import LoraUse
@@ -14,13 +15,14 @@ from ldm.text.network_tags import NetworkTag, find_tags
 DEFAULT_FOLDER = Path("models/Lora")
 
 
-def prompt_loras(prompts: tuple[str, ...] | list[str], folder: Path) -> list[LoraUse]:
-    """The LoRAs the prompts' tags name, in order (each distinct tag once: a batch repeats its prompts)."""
+def prompt_loras(prompts: tuple[str, ...] | list[str], folder: Path, *, confined: bool = False) -> list[LoraUse]:
+    """The LoRAs the prompts' tags name, in order (each distinct tag once: a batch repeats its prompts).
+    confined: only files inside `folder` (ldm/checkpoints/folders.py), as a server looks them up."""
     tags = dict.fromkeys(tag for p in prompts for tag in find_tags(p) if tag.kind == "lora")
-    return [lora_use(tag, folder) for tag in tags]
+    return [lora_use(tag, folder, confined) for tag in tags]
 
 
-def lora_use(tag: NetworkTag, folder: Path) -> LoraUse:
+def lora_use(tag: NetworkTag, folder: Path, confined: bool = False) -> LoraUse:
     if not tag.positional or not tag.positional[0]:
         raise ConfigError("a <lora:...> tag has no name; write <lora:name:weight>")
     name, named = tag.positional[0], dict(tag.named)
@@ -31,13 +33,12 @@ def lora_use(tag: NetworkTag, folder: Path) -> LoraUse:
         dyn = int(dyn_text) if dyn_text is not None else None
     except ValueError:
         raise ConfigError(f"<lora:{name}:...> has a weight that is not a number; write <lora:{name}:0.8>") from None
-    return LoraUse(find_lora(name, folder), te, unet, dyn, name)
+    return LoraUse(find_lora(name, folder, confined), te, unet, dyn, name)
 
 
-def find_lora(name: str, folder: Path) -> Path:
+def find_lora(name: str, folder: Path, confined: bool = False) -> Path:
     """The LoRA file of stem `name` in `folder` (or below); an unknown name lists the closest ones there."""
-    found = folder.rglob("*") if folder.is_dir() else ()
-    files = sorted(p for p in found if p.suffix.lower() in EXTENSIONS and p.is_file())
+    files = files_in(folder, EXTENSIONS, confined=confined)
     for path in files:
         if path.stem == name:
             return path

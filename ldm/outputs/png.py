@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -21,10 +22,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in (array * 255).round().astype(np.uint8)]
 
 
+def png_bytes(image: Image.Image, parameters: str | None = None) -> bytes:
+    """The PNG of `image` with its `parameters` text chunk: what save_png writes and what a server sends."""
+    info = PngInfo()
+    if parameters is not None:
+        info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
 def save_png(image: Image.Image, outdir: Path, seed: int, parameters: str) -> Path:
     """Write `NNNNN-<seed>.png` in `outdir` under the next free number; never replaces an existing file."""
-    info = PngInfo()
-    info.add_text("parameters", parameters)
+    data = png_bytes(image, parameters)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
         fd, tmp = new_file(outdir, ".ldm-", ".png")
@@ -32,7 +42,7 @@ def save_png(image: Image.Image, outdir: Path, seed: int, parameters: str) -> Pa
         raise LdmError(f"cannot write an image into {outdir} ({e.strerror}); choose a writable --outdir") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            f.write(data)
         number = next_number(outdir)
         while True:
             final = outdir / f"{number:05d}-{seed}.png"
@@ -58,11 +68,10 @@ def next_number(outdir: Path) -> int:
 def save_png_as(image: Image.Image, path: Path, parameters: str) -> Path:
     """Write the PNG at exactly `path` (a name chosen by its caller, such as a job's); an existing file there is
     an error, never replaced, and a half-written PNG never appears under that name."""
-    info = PngInfo()
-    info.add_text("parameters", parameters)
+    data = png_bytes(image, parameters)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_whole(path, lambda f: image.save(f, format="PNG", pnginfo=info))
+        write_whole(path, lambda f: f.write(data))
         return path
     except FileExistsError:
         raise LdmError(f"{path} already exists; move it away or choose another --outdir") from None

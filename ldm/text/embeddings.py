@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from ldm.checkpoints.folders import files_in
 from ldm.checkpoints.hashing import short_hash
 from ldm.checkpoints.read import load_restricted_pickle, read_safetensors, refuse_broken_values
 from ldm.errors import CheckpointError, ConfigError
@@ -54,10 +55,11 @@ class Embeddings:
         self.add(Embedding(name, vectors, ids, shorthash))
         return self.by_name[name]
 
-    def load_folder(self, folder: str | Path) -> list[Embedding]:
+    def load_folder(self, folder: str | Path, *, confined: bool = False) -> list[Embedding]:
         """Every embedding file under `folder` (recursively, as A1111 reads its embeddings folder). Files for another
-        model (SD 2.x, SDXL) are skipped and listed in `skipped`, as A1111 skips them; a broken file is an error."""
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        model (SD 2.x, SDXL) are skipped and listed in `skipped`, as A1111 skips them; a broken file is an error.
+        confined: links out of the folder are left out (ldm/checkpoints/folders.py)."""
+        files = files_in(Path(folder), EXTENSIONS, confined=confined)
         loaded = []
         for path in files:
             try:
