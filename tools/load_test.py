@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,9 +81,11 @@ def send(host: str, port: int, kind: str, path: str, body: dict | None) -> Answe
 
 
 def run_load(url: str, clients: int, requests: int | None = None, seconds: float | None = None,
-             steps: int = 4) -> tuple[list[Answer], float]:  # fmt: skip
+             steps: int = 4, polite: bool = True) -> tuple[list[Answer], float]:  # fmt: skip
     """Every client sends its requests one after another (`requests` each, or until `seconds` passed); all
-    clients start together. Returns the answers and the wall time."""
+    clients start together. `polite`: a client waits as a 503's Retry-After says, and a second between two
+    progress polls (as a page polling it does); otherwise they come back at once. Returns the answers and the
+    wall time."""
     parsed = urlparse(url)
     answers: list[Answer] = []
     lock = threading.Lock()
@@ -95,6 +98,10 @@ def run_load(url: str, clients: int, requests: int | None = None, seconds: float
             with lock:
                 answers.append(answer)
             number += 1
+            if polite and answer.status == 503:
+                time.sleep(int(answer.retry_after or 1))
+            elif polite and answer.kind == "progress":
+                time.sleep(1)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -117,16 +124,18 @@ def summary(answers: list[Answer], wall: float) -> str:
     return "\n".join(lines)
 
 
-def start_server(port: int, *flags: str) -> subprocess.Popen:
-    """`ldm-serve` with the built-in model on 127.0.0.1:port, once it answers."""
+def start_server(port: int, log: Path, *flags: str) -> subprocess.Popen:
+    """`ldm-serve` with the built-in model on 127.0.0.1:port, once it answers; its log lines go to `log` (a file,
+    not a pipe: one line per request would fill a pipe nobody reads, and the server would stop)."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    process = subprocess.Popen([sys.executable, "-m", "ldm.cli.serve", "--port", str(port), *flags], env=env,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    with log.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", "ldm.cli.serve", "--port", str(port), *flags], env=env,
+                                   stderr=sink)  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ldm-serve exited {process.returncode}: {process.stderr.read()}")
+            raise RuntimeError(f"ldm-serve exited {process.returncode}: {log.read_text()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return process
@@ -162,7 +171,8 @@ def main() -> None:
     url = args.url
     if url is None:
         port = free_port()
-        process = start_server(port, "--queue-depth", str(args.queue_depth), "--outdir", "/tmp/ldm-load")
+        log = Path(tempfile.mkdtemp(prefix="ldm-load-")) / "serve.log"
+        process = start_server(port, log, "--queue-depth", str(args.queue_depth), "--outdir", str(log.parent))
         url = f"http://127.0.0.1:{port}"
     samples: list[tuple[float, float]] = []
     watching = process is not None
