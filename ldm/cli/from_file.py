@@ -39,10 +39,11 @@ def run_from_file(args: argparse.Namespace, load: Callable[[argparse.Namespace, 
     jobs = [{**base, **line} for line in lines]
 
     def report(record: dict[str, Any]) -> None:
+        # One write per line: the processes of a run share a terminal, and print() writes its parts one by one.
         if record["status"] == "done":
-            print(args.outdir / record["file"], flush=True)
+            _say(sys.stdout, f"{args.outdir / record['file']}\n")
         else:
-            print(f"job {record['job']} failed: {record['error']}", file=sys.stderr, flush=True)
+            _say(sys.stderr, f"job {record['job']} failed: {record['error']}\n")
 
     summary = generate_many(lambda device: load(args, device), jobs, args.outdir, seed=args.seed,
                             skip_existing=args.skip_existing, device=args.device, world=world,
@@ -54,3 +55,8 @@ def run_from_file(args: argparse.Namespace, load: Callable[[argparse.Namespace, 
         raise LdmError(f"{len(summary.failed)} of {summary.jobs} jobs failed (see {summary.manifest}); "
                        "fix them and rerun with --skip-existing")  # fmt: skip
     return 0
+
+
+def _say(stream, line: str) -> None:
+    stream.write(line)
+    stream.flush()
