@@ -138,7 +138,7 @@ def test_skip_ends_the_batch_and_goes_on_with_the_next(api, served, library):
 def test_a_client_that_goes_away_takes_its_waiting_job_and_disturbs_no_one(api, served):
     server, port = served
     done = server.worker.done
-    running, running_out = generating(port, {"prompt": PROMPT, "seed": 1, "steps": 30})
+    running, running_out = generating(port, {"prompt": PROMPT, "seed": 1, "steps": 120})  # outlasts the watch
     wait_for_step(api, 1)
     gone = socket.create_connection(("127.0.0.1", port))
     body = json.dumps({"prompt": PROMPT, "steps": 60}).encode()
