@@ -52,8 +52,25 @@ def test_the_preview_is_the_denoised_estimate_of_image_0(pipe):
     pipe.generate(settings(pipe, batch_size=2), progress=False, callback=lambda i, n, x, d: estimates.append(d),
                   preview=Preview(lambda i, n, im: shown.append(im), "taesd"))  # fmt: skip
     assert len(estimates) == 5 and len(shown) == 4 and estimates[0].shape == (2, 4, 24, 32)
-    expected = to_pil(pipe.taesd.decode(estimates[2][:1]))[0]
+    taesd = pipe.preview_taesd or pipe.taesd  # the bfloat16 copy where this CPU has native bfloat16
+    expected = to_pil(taesd.decode(estimates[2][:1].to(taesd.decoder[1].weight.dtype)).float())[0]
     assert shown[2].tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_previews_decode_in_bfloat16_only_where_the_cpu_has_it_and_final_images_never(files, native, monkeypatch):
+    from ldm.generate import tiny_decoder
+
+    monkeypatch.setattr(tiny_decoder, "native_bfloat16", lambda: native)
+    pipe = Pipeline.load(files[0], device="cpu", taesd=files[1])
+    assert (pipe.preview_taesd is not None) == native and pipe.taesd.decoder[1].weight.dtype == torch.float32
+    if native:
+        assert pipe.preview_taesd.decoder[1].weight.dtype == torch.bfloat16
+    z = torch.randn(1, 4, 24, 32, generator=torch.Generator().manual_seed(0))
+    fast = tiny_decoder.taesd_decode(pipe, z, preview=True)
+    exact = tiny_decoder.taesd_decode(pipe, z)
+    assert fast.dtype == exact.dtype == torch.float32
+    assert torch.equal(fast, exact) != native and (fast - exact).abs().max() < 0.05
 
 
 def test_a_bare_function_previews_approx_after_each_step(pipe):

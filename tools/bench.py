@@ -16,6 +16,7 @@ latent, upsampling convs folded), the notes say what fraction of those FLOPs our
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import itertools
 import json
@@ -334,8 +335,9 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     from diffusers import AutoencoderTiny
 
     from ldm.checkpoints.taesd import from_diffusers
+    from ldm.cpu.bf16 import native_bfloat16
     from ldm.generate.preview import picture
-    from ldm.generate.tiny_decoder import fitted
+    from ldm.generate.tiny_decoder import fitted, taesd_decode
     from ldm.models.taesd import TAESD, TAESDConfig
 
     torch.manual_seed(0)
@@ -343,7 +345,10 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     with torch.device("meta"):
         tiny = TAESD(TAESDConfig())
     tiny.load_state_dict(from_diffusers(their_tiny.state_dict()), assign=True)
-    ours.taesd = tiny = fitted(tiny, ours.device)  # as Pipeline.load fits one
+    # As Pipeline.load fits one, with the bfloat16 copy its previews use on CPUs with native bfloat16.
+    preview_copy = fitted(copy.deepcopy(tiny).to(torch.bfloat16), ours.device) if native_bfloat16() else None
+    ours.taesd, ours.preview_taesd = fitted(tiny, ours.device), preview_copy
+    tiny = ours.taesd
     context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
     previews = sum((i + 1) % PREVIEW_EVERY == 0 and i + 1 < PREVIEW_STEPS for i in range(PREVIEW_STEPS))
 
@@ -358,6 +363,13 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
         full, their_full = median(partial(ours.decode, z)), median(partial(theirs.vae.decode, z))
         row(f"TAESD decode, {size}x{size} (s)", mine, their, standard_flops(ours_fn) / matmul_rate(torch.float32),
             vs_full_vae=mine / full)  # fmt: skip
+        if preview_copy is not None:
+            fast_fn = partial(taesd_decode, ours, z, preview=True)
+            fast, their = alternate(fast_fn, theirs_fn, args.repeats)
+            error = relative_error(fast_fn(), ours_fn().float())
+            row(f"TAESD decode for previews, bfloat16, {size}x{size} (s), vs diffusers' float32", fast, their,
+                standard_flops(fast_fn) / matmul_rate(torch.bfloat16), vs_full_vae=fast / full,
+                error_vs_fp32=error)  # fmt: skip
         preview = median(partial(picture, ours, z, "taesd"))  # decode and PIL image, as a preview makes it
         step = median(partial(ours.model.unet, z, t[:1], context))
         their_step = median(partial(theirs.unet, z_batch, t, encoder_hidden_states=context))
@@ -365,7 +377,7 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
         their_share = previews * their / (PREVIEW_STEPS * their_step + their_full)
         row(f"preview overhead, taesd every {PREVIEW_EVERY}, {PREVIEW_STEPS} steps, {size}x{size} (share)",
             ours_share, their_share, preview_seconds=preview, previews=previews)  # fmt: skip
-    ours.taesd = None
+    ours.taesd = ours.preview_taesd = None
 
 
 def _timed(fn: Callable[[], object]) -> float:

@@ -5,7 +5,8 @@ As AUTOMATIC1111 previews (its CFGDenoiser keeps the x0 prediction, not the nois
   SD v1's coefficients are A1111's (modules/sd_vae_approx.py `cheap_approximation`, from
   https://discuss.huggingface.co/t/decoding-latents-to-rgb-without-upscaling/23204/2). The built-in model's VAE
   has its own latent space: its map is fitted by least squares (tools/train_taesd.py) and ships beside it.
-- taesd: the pipeline's TAESD decoder (ldm/generate/tiny_decoder.py); about as cheap, much closer to the result.
+- taesd: the pipeline's TAESD decoder (ldm/generate/tiny_decoder.py); about as cheap, much closer to the result
+  (in bfloat16 on CPUs that compute it natively).
 - full: the model's own VAE; as slow as the final decode, each time.
 A preview reads the estimate and changes nothing: no generator draws, no in-place edits, so the final image is
 the same with and without (under model offload the U-Net is brought back to the device after a full decode).
@@ -76,7 +77,7 @@ def picture(pipe: Pipeline, latents: Tensor, method: str) -> Image.Image:
     if method == "approx":
         image = approx_decode(latents, approx_rgb(pipe.source), pipe.model.config.vae.downscale)
     elif method == "taesd":
-        image = taesd_decode(pipe, latents)
+        image = taesd_decode(pipe, latents, preview=True)
     else:
         image = pipe.decode(latents)
         pipe.activate(pipe.model.unet)  # model offload lent the device to the VAE; sampling goes on

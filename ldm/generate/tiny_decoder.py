@@ -7,6 +7,7 @@ pipeline's device at all times (about 1 M parameters: offload would cost more th
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ldm.checkpoints.taesd import load_taesd
+from ldm.cpu.bf16 import native_bfloat16
 from ldm.cpu.swap_in import swap_in
 from ldm.errors import ConfigError
 from ldm.models.taesd import TAESD
@@ -39,6 +41,9 @@ def attach_taesd(pipe: Pipeline, path: str | Path | None) -> None:
     if taesd.decoder is None:
         raise ConfigError(f"{path} is a TAESD encoder only; previews and --vae-decoder taesd need taesd_decoder")
     pipe.taesd = fitted(taesd, pipe.device)
+    pipe.preview_taesd = None
+    if pipe.device.type == "cpu" and native_bfloat16():  # previews only: a final image stays float32, the same anywhere
+        pipe.preview_taesd = fitted(copy.deepcopy(taesd).to(torch.bfloat16), pipe.device)
 
 
 def fitted(taesd: TAESD, device: torch.device) -> TAESD:
@@ -57,8 +62,11 @@ def require_taesd(pipe: Pipeline, what: str) -> TAESD:
 
 
 @torch.no_grad()
-def taesd_decode(pipe: Pipeline, latents: Tensor) -> Tensor:
-    """Scaled latents -> images in [-1, 1], float32, through the TAESD decoder."""
+def taesd_decode(pipe: Pipeline, latents: Tensor, *, preview: bool = False) -> Tensor:
+    """Scaled latents -> images in [-1, 1], float32, through the TAESD decoder. preview: through its bfloat16 copy
+    where the CPU has native bfloat16 (about twice as fast; within a fraction of a percent of the float32 one)."""
     taesd = require_taesd(pipe, "--vae-decoder taesd")
+    if preview and pipe.preview_taesd is not None:
+        taesd = pipe.preview_taesd
     weight = taesd.decoder[1].weight
     return taesd.decode(latents.to(weight.device, weight.dtype)).float()
