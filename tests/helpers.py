@@ -145,3 +145,30 @@ def ddim_reference(folder: Path):
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
+
+
+@contextmanager
+def serving(server) -> Iterator[str]:
+    """ldm-serve (a ldm.serve.server.Server) on a free port of 127.0.0.1, uvicorn in a thread, at the URL it yields."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from ldm.serve.app import create_app
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    web = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
+    thread = threading.Thread(target=web.run, kwargs={"sockets": [listening]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not web.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "ldm-serve did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
+    finally:
+        web.should_exit = True
+        thread.join(60)

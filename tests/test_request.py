@@ -6,6 +6,7 @@ import pytest
 
 from ldm import GenerationRequest
 from ldm.errors import ConfigError
+from ldm.generate.request import sampler_from_display
 from ldm.sampling.samplers import SPECS
 
 # Texts as AUTOMATIC1111 wrote them (its v1.9 style, and the pre-1.6 style with Karras in the sampler name).
@@ -115,6 +116,12 @@ def test_real_automatic1111_texts_are_read_and_unknown_fields_kept():
     assert (old.sampler, old.eta, old.seed, old.negative_prompt) == ("euler_a", 0.0, 1234, "")
     assert old.extra["ENSD"] == "31337" and old.extra["Eta"] == "0.67"  # Euler a takes no eta: kept, not used
     assert GenerationRequest.from_infotext(A1111_KARRAS_IN_NAME).karras is True
+
+
+@pytest.mark.parametrize(("name", "sampler", "karras"), [("euler a", "euler_a", False), ("dpmpp_2m", "dpmpp_2m", False),
+                                                         ("dpm++ 2m karras", "dpmpp_2m", True)])  # fmt: skip
+def test_sampler_names_are_read_in_any_case_and_as_ldm_names_them(name, sampler, karras):
+    assert sampler_from_display(name) == (sampler, karras)
 
 
 @pytest.mark.parametrize(

@@ -111,7 +111,8 @@ def test_img2img_with_a_mask_sends_the_librarys_inpainting(client, library):
                                               width=64, height=64), image=init, mask=mask, progress=False)  # fmt: skip
     assert r.json()["images"] == [base64.b64encode(png_bytes(result.images[0], result.infotexts[0])).decode()]
     assert r.json()["parameters"]["init_images"] is None
-    assert json.loads(r.json()["info"])["denoising_strength"] == 0.5
+    info = json.loads(r.json()["info"])
+    assert info["denoising_strength"] == 0.5 and info["is_using_inpainting_conditioning"] is False
 
 
 def test_the_hires_fields_run_the_hires_fix(client, library):
@@ -123,6 +124,13 @@ def test_the_hires_fields_run_the_hires_fix(client, library):
                 "hires_upscaler": "Latent (nearest)"}  # fmt: skip
     assert r.json()["images"] == expected(library, **settings)
     assert decoded(r.json()["images"][0]).size == (128, 128)
+
+
+def test_sampler_names_come_in_any_case_or_as_ldm_names_them(client):
+    for name, shown in (("euler a", "Euler a"), ("dpmpp_2m", "DPM++ 2M"), ("DPM++ 2M Karras", "DPM++ 2M")):
+        r = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 2, "sampler_name": name})
+        assert r.status_code == 200 and json.loads(r.json()["info"])["sampler_name"] == shown
+    assert "Schedule type: Karras" in json.loads(r.json()["info"])["infotexts"][0]
 
 
 def test_png_info_reads_parameters_as_a1111_parses_them(client, library):
@@ -202,6 +210,8 @@ BAD = [
     ("txt2img", b'{"denoising_strength": Infinity, "enable_hr": true}', 422, "denoising_strength"),
     ("txt2img", {"sampler_name": "Euler z"}, 404, "Sampler not found"),
     ("txt2img", {"scheduler": "exponential"}, 422, "scheduler"),
+    ("txt2img", {"enable_hr": True, "sampler_index": "Euler", "hr_sampler_name": "DDIM"}, 422, "hr_sampler_name"),
+    ("txt2img", {"enable_hr": True, "hr_sampler_name": "Euler"}, 422, "hr_sampler_name"),
     ("txt2img", {"width": 65}, 422, "multiple of 8"),
     ("txt2img", {"width": 4096, "height": 4096}, 422, "--max-pixels"),
     ("txt2img", {"steps": 151}, 422, "--max-steps"),

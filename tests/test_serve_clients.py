@@ -11,13 +11,12 @@ import time
 
 import openai
 import pytest
-import uvicorn
 import webuiapi
+from helpers import serving
 from PIL import Image
 
 from ldm import Pipeline
 from ldm.outputs.png import png_bytes
-from ldm.serve.app import create_app
 from ldm.serve.catalog import Catalog
 from ldm.serve.images import to_base64
 from ldm.serve.server import Server, Settings
@@ -30,17 +29,8 @@ def served(tmp_path_factory):
     """(server, port): ldm-serve with the built-in model, in a thread of this process."""
     folder = tmp_path_factory.mktemp("served")
     server = Server(Catalog(), Settings(outdir=folder, lora_dir=folder / "loras", embeddings_dir=folder / "none"))
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    front = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
-    thread = threading.Thread(target=front.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not front.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield server, listening.getsockname()[1]
-    front.should_exit = True
-    thread.join(30)
+    with serving(server) as url:
+        yield server, int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,15 @@ import base64
 import io
 import json
 import shutil
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import serving
 from PIL import Image
 
 from ldm.outputs.png import png_bytes
-from ldm.serve.app import create_app
 from ldm.serve.catalog import Catalog
 from ldm.serve.limits import Limits
 from ldm.serve.server import Server, Settings
@@ -36,7 +32,6 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 
-import uvicorn  # noqa: E402 (after the skip: a machine without chromium needs none of this)
 from playwright.sync_api import Page, sync_playwright  # noqa: E402
 
 SHOTS = Path(__file__).resolve().parent.parent / "runs" / "web"
@@ -59,25 +54,6 @@ class SlowStepServer(Server):
 
         pipe.generate = slowly
         return pipe
-
-
-@contextmanager
-def serving(server: Server) -> Iterator[str]:
-    """ldm-serve on a free port of 127.0.0.1 (uvicorn in a thread), at the URL it yields."""
-    listening = socket.socket()
-    listening.bind(("127.0.0.1", 0))
-    web = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning"))
-    thread = threading.Thread(target=web.run, kwargs={"sockets": [listening]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not web.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "ldm-serve did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{listening.getsockname()[1]}"
-    finally:
-        web.should_exit = True
-        thread.join(60)
 
 
 def settings_in(folder: Path, **changes) -> Settings:

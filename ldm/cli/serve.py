@@ -127,8 +127,7 @@ def _stopping_first(uvicorn, config, server):
 
     class Stopping(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            server.worker.closing = True
-            server.worker.progress.interrupt()
+            server.worker.stop_taking()
             super().handle_exit(sig, frame)
 
     return Stopping(config)

@@ -167,8 +167,8 @@ class GenerationRequest:
 
 def sampler_from_display(display: str) -> tuple[str, bool]:
     """Our sampler name for an A1111 one, and whether it named Karras the old way ("DPM++ 2M Karras")."""
-    karras = display.endswith(" Karras")
-    name = samplers.by_display_name(display.removesuffix(" Karras"))
+    karras = display.strip().lower().endswith(" karras")
+    name = samplers.by_display_name(display.strip()[: -len(" karras")] if karras else display)
     if name is None:
         known = ", ".join(spec.display for spec in samplers.SPECS.values())
         raise ConfigError(f"sampler {display!r} is not one ldm has; use one of {known}")

@@ -513,5 +513,7 @@ SPECS = {
 
 
 def by_display_name(display: str) -> str | None:
-    """Our name for an AUTOMATIC1111 sampler name ("Euler a" -> "euler_a"); None when we have no such sampler."""
-    return next((name for name, spec in SPECS.items() if spec.display == display), None)
+    """Our name for an AUTOMATIC1111 sampler name ("Euler a" -> "euler_a"; any case, or ours itself, as API clients
+    send them); None when we have no such sampler."""
+    wanted = display.strip().lower()
+    return next((name for name, spec in SPECS.items() if wanted in (spec.display.lower(), name)), None)

@@ -13,10 +13,11 @@ from typing import Any
 from ldm import __version__
 from ldm.errors import ConfigError, LdmError
 from ldm.generate.image_settings import INPAINTING_FILLS, RESIZE_MODES, UPSCALERS
-from ldm.generate.request import GenerationRequest
+from ldm.generate.request import GenerationRequest, sampler_from_display
 from ldm.outputs.infotext import parse_infotext
 from ldm.sampling import samplers
 from ldm.serve.a1111_schema import Img2ImgBody, Txt2ImgBody
+from ldm.text import emphasis
 
 SCHEDULERS = {"automatic": ("Automatic", False), "karras": ("Karras", True)}  # name -> (label, karras)
 
@@ -28,13 +29,11 @@ class NotFound(LdmError):
 def sampler(name: str) -> tuple[str, bool | None]:
     """Our sampler for an A1111 name ("DPM++ 2M", "dpmpp_2m", the old "DPM++ 2M Karras"), and the Karras
     schedule when the name says so (None: the name does not say)."""
-    wanted = name.strip().lower()
-    karras = wanted.endswith(" karras")
-    wanted = wanted.removesuffix(" karras")
-    for ours, spec in samplers.SPECS.items():
-        if wanted in (spec.display.lower(), ours):
-            return ours, True if karras else None
-    raise NotFound(f"Sampler not found: {name!r}; GET /sdapi/v1/samplers lists them")
+    try:
+        ours, karras = sampler_from_display(name)
+    except ConfigError as e:
+        raise NotFound(f"Sampler not found: {e}; GET /sdapi/v1/samplers lists them") from None
+    return ours, karras or None
 
 
 def schedule(name: str | None) -> bool | None:
@@ -66,8 +65,8 @@ def settings(body: Txt2ImgBody) -> dict[str, Any]:
     karras = None
     if name:
         given["sampler"], karras = sampler(name)
-    karras = schedule(body.scheduler) if schedule(body.scheduler) is not None else karras
-    given["karras"] = karras
+    scheduled = schedule(body.scheduler)
+    given["karras"] = scheduled if scheduled is not None else karras
     chosen = given.get("sampler")
     if body.eta is not None and chosen is not None and "eta" in samplers.SPECS[chosen].options:
         given["eta"] = body.eta  # A1111 passes eta only to the samplers that take one
@@ -75,9 +74,7 @@ def settings(body: Txt2ImgBody) -> dict[str, Any]:
     if "CLIP_stop_at_last_layers" in override:
         given["clip_skip"] = override["CLIP_stop_at_last_layers"]
     if "emphasis" in override:
-        from ldm.text.emphasis import from_a1111
-
-        given["emphasis"] = from_a1111(str(override["emphasis"]))
+        given["emphasis"] = emphasis.from_a1111(str(override["emphasis"]))
     if isinstance(body, Img2ImgBody):
         given.update(_img2img_settings(body))
     elif body.enable_hr:
@@ -92,7 +89,8 @@ def _hires_settings(body: Txt2ImgBody) -> dict[str, Any]:
         own = body.prompt if field == "hr_prompt" else body.negative_prompt
         if value and value != (own or ""):
             raise ConfigError(f"{field} other than the first pass's is not supported; leave it empty")
-    if body.hr_sampler_name and sampler(body.hr_sampler_name)[0] != sampler(body.sampler_name or "x")[0]:
+    first = body.sampler_name or body.sampler_index
+    if body.hr_sampler_name and (first is None or sampler(body.hr_sampler_name)[0] != sampler(first)[0]):
         raise ConfigError("hr_sampler_name other than the first pass's is not supported; leave it null")
     resize = (body.hr_resize_x or 0, body.hr_resize_y or 0)
     return {
@@ -156,9 +154,10 @@ def _refuse_unsupported(body: Txt2ImgBody) -> None:
         raise ConfigError(f"ldm-serve does not support {', '.join(refused)}; leave them out or at their defaults")
 
 
-def info(made: Any, body: Txt2ImgBody, model: dict[str, str | None], inpainting: bool) -> dict[str, Any]:
+def info(made: Any, body: Txt2ImgBody) -> dict[str, Any]:
     """A1111's `info` (Processed.js()) for the images made (a generation_job.Made)."""
     request: GenerationRequest = made.request
+    model = made.model
     prompts, negatives = request.batch()
     count = len(made.seeds)
     all_prompts = [prompts[i % len(prompts)] for i in range(count)]
@@ -179,7 +178,7 @@ def info(made: Any, body: Txt2ImgBody, model: dict[str, str | None], inpainting:
         "extra_generation_params": {"Schedule type": "Karras"} if request.karras else {},
         "index_of_first_image": 0, "infotexts": made.infotexts, "styles": body.styles or [],
         "job_timestamp": made.job_timestamp, "clip_skip": request.clip_skip,
-        "is_using_inpainting_conditioning": inpainting, "version": f"ldm {__version__}",
+        "is_using_inpainting_conditioning": made.inpainting_model, "version": f"ldm {__version__}",
     }  # fmt: skip
 
 

@@ -75,8 +75,7 @@ async def _generate(body: Txt2ImgBody, request: Request, kind: str) -> dict[str,
     parameters = body.model_dump(exclude=set(body.model_extra or ()))
     if isinstance(body, Img2ImgBody) and not body.include_init_images:
         parameters["init_images"], parameters["mask"] = None, None
-    inpainting = mask is not None or server.worker.pipe is not None and _is_inpainting(server)
-    info = a1111.info(made, body, made.model, inpainting)
+    info = a1111.info(made, body)
     return {"images": images if body.send_images is not False else [], "parameters": parameters,
             "info": json.dumps(info)}  # fmt: skip
 
@@ -88,12 +87,6 @@ def _pictures(body: Img2ImgBody, server: Server) -> tuple[Image.Image, Image.Ima
     image = from_base64(body.init_images[0], "init_images[0]", limit)
     mask = from_base64(body.mask, "mask", limit) if body.mask else None
     return image, mask
-
-
-def _is_inpainting(server: Server) -> bool:
-    from ldm.generate.img2img import is_inpainting_model
-
-    return is_inpainting_model(server.worker.pipe)
 
 
 @router.get("/progress")

@@ -58,11 +58,13 @@ class Catalog:
         self.models_dir = models_dir
         self.hashes: dict[Path, str] = {}  # the models this server hashed (each as it loaded)
 
-    def hashed(self, checkpoint: Checkpoint) -> None:
-        """Read the whole file once for its SHA-256: from now on its title carries the short hash."""
+    def hashed(self, checkpoint: Checkpoint) -> str | None:
+        """Read the whole file once for its SHA-256 (None for a folder): from now on its title carries the short
+        hash."""
         digest = file_sha256(checkpoint.path)
         if digest is not None:
             self.hashes[checkpoint.path] = digest
+        return digest
 
     def models(self) -> list[Checkpoint]:
         if self.models_dir is None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ldm.generate.img2img import is_inpainting_model
 from ldm.generate.pipeline import Pipeline
 from ldm.generate.preview import Preview
 from ldm.generate.request import GenerationRequest
@@ -33,6 +34,7 @@ class Made:
     images: list[Image.Image]
     model: dict[str, str | None]  # the pipeline's model_info: name and hash
     job_timestamp: str  # when it started, as A1111 writes it
+    inpainting_model: bool  # A1111's is_using_inpainting_conditioning
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,13 @@ class GenerationJob:
             for image, seed, infotext in batch:
                 if self.save_to is not None:
                     save_png(image, self.save_to, seed, infotext)
-                images.append(image), seeds.append(seed), infotexts.append(infotext)
+                images.append(image)
+                seeds.append(seed)
+                infotexts.append(infotext)
             if control.interrupted:
                 break
             request = request.replace(seed=request.seed + request.batch_size)
-        return Made(first, seeds, infotexts, images, dict(pipe.model_info), started)
+        return Made(first, seeds, infotexts, images, dict(pipe.model_info), started, is_inpainting_model(pipe))
 
     @staticmethod
     def _stopped(pipe: Pipeline, request: GenerationRequest, denoised: torch.Tensor) -> list:

@@ -30,7 +30,7 @@ class Settings:
     taesd: Path | None = None
     lora_dir: Path = Path("models/Lora")
     embeddings_dir: Path = Path("embeddings")
-    outdir: Path = Path("outputs")  # save_images writes under it, in txt2img/ and img2img/
+    outdir: Path = Path("outputs")  # save_images writes under it, in txt2img-images/ and img2img-images/ (A1111's)
     limits: Limits = field(default_factory=Limits)
     users: dict[str, str] = field(default_factory=dict)  # --api-auth: HTTP Basic user -> password
     api_key: str | None = None  # --api-key: OpenAI's Bearer token
@@ -62,8 +62,8 @@ class Server:
         log.info("loading %s", checkpoint.filename)
         pipe = Pipeline.load(checkpoint.path, device=s.device, dtype=s.dtype, attention=s.attention, offload=s.offload,
                              taesd=s.taesd)  # fmt: skip
-        pipe.hash_model()
-        self.catalog.hashed(checkpoint)
+        digest = self.catalog.hashed(checkpoint)  # read once, for the titles and the infotexts
+        pipe.model_info["model_hash"] = None if digest is None else digest[:10]
         pipe.lora_dir, pipe.lora_dir_confined = s.lora_dir, True
         pipe.embeddings.load_folder(s.embeddings_dir, confined=True)
         return pipe

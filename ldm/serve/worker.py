@@ -83,7 +83,8 @@ class Control:
             raise Stopped(denoised)
 
 
-Loader = Callable[[str], Pipeline]  # a model's title -> its pipeline, set up as the server runs it
+Loader = Callable[[str], Pipeline]  # a model's catalog file name -> its pipeline, set up as the server runs it
+SHUTTING_DOWN = "the server is shutting down; try again when it is back"
 
 
 class Worker:
@@ -105,7 +106,7 @@ class Worker:
 
     def submit(self, job: Job) -> Future:
         if self.closing:
-            raise Busy("the server is shutting down; try again when it is back", self.retry_after())
+            raise Busy(SHUTTING_DOWN, self.retry_after())
         try:
             self.queue.put_nowait(job)
         except queue.Full:
@@ -121,17 +122,21 @@ class Worker:
     def retry_after(self) -> int:
         return max(1, math.ceil(self.seconds_per_job * (self.depth() + 1)))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Stop: waiting jobs fail with Busy, the running one stops at its next step (no image comes of it)."""
+    def stop_taking(self) -> None:
+        """Refuse new jobs and stop the running one at its next step (safe from a signal handler)."""
         self.closing = True
         self.progress.interrupt()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop: waiting jobs fail with Busy, the running one stops at its next step (no image comes of it)."""
+        self.stop_taking()
         while True:
             try:
                 job = self.queue.get_nowait()
             except queue.Empty:
                 break
             if job is not None and job.future.set_running_or_notify_cancel():
-                job.future.set_exception(Busy("the server is shutting down; try again when it is back", 1))
+                job.future.set_exception(Busy(SHUTTING_DOWN, 1))
         with contextlib.suppress(queue.Full):  # a submit raced in; the loop also ends on `closing`
             self.queue.put_nowait(None)
         if self.thread.is_alive():
@@ -144,7 +149,7 @@ class Worker:
                 break
             if self.closing:
                 if job.future.set_running_or_notify_cancel():
-                    job.future.set_exception(Busy("the server is shutting down; try again when it is back", 1))
+                    job.future.set_exception(Busy(SHUTTING_DOWN, 1))
                 continue
             if not job.future.set_running_or_notify_cancel():
                 continue  # its client went away while it waited
@@ -155,7 +160,7 @@ class Worker:
                 self.progress.begin(job.kind, job.batches)
                 job.future.set_result(job.run(pipe, Control(self.progress, lambda: self.closing)))
             except Stopped:
-                job.future.set_exception(Busy("the server is shutting down; try again when it is back", 1))
+                job.future.set_exception(Busy(SHUTTING_DOWN, 1))
             except BaseException as e:  # noqa: BLE001 (a job's failure is its own; the worker lives on)
                 if not isinstance(e, LdmError):
                     log.exception("%s failed", job.kind)
