@@ -54,6 +54,27 @@ def test_fresh_process_load_reports_time_and_memory(tmp_path):
     assert result["seconds"] > 0 and 0.05 < result["rss"] < 8
 
 
+def test_int8_line_on_a_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "int8", "--cache", str(tmp_path),
+                "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())[1:]
+    if bench.int8_available() is not None:  # this CPU: no line, and the reason said
+        assert rows == []
+        return
+    assert [r["line"] for r in rows] == ["U-Net with CFG, int8 weights, 64x64 (s)"]
+    assert rows[0]["ours"] > 0 and rows[0]["diffusers"] > 0 and rows[0]["vs_ours_fp32"] > 0
+    assert 0 < rows[0]["error_vs_fp32"] < 0.1
+
+
+def test_fresh_process_generation_from_the_float16_file_with_int8_weights(tmp_path):
+    bench.weights("tiny", tmp_path)
+    command = [sys.executable, str(TOOLS / "bench.py"), "--child", "ours", "half-int8", "--model", "tiny",
+               "--cache", str(tmp_path), "--threads", "1", "--child-size", "64", "--e2e-steps", "1"]  # fmt: skip
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    assert result["seconds"] > 0 and 0.05 < result["rss"] < 8
+
+
 def test_fresh_process_memory_is_the_childs_own_not_the_parents(tmp_path):
     """ru_maxrss in a vfork-spawned child counted the parent's RSS: every child figure read 14.7 GiB."""
     import torch

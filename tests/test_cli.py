@@ -202,6 +202,7 @@ def baseline(checkpoint, tmp_path_factory):
     ("options", "max_difference", "recorded"),
     [
         (["--dtype", "bfloat16"], 48, None),
+        (["--quantize", "int8"], 48, None),
         (["--attention", "math"], 1, None),
         (["--attention", "sliced"], 1, None),
         (["--offload", "model"], 1, None),

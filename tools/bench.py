@@ -45,13 +45,21 @@ from ldm.checkpoints.convert import write_diffusers_folder, write_single_file
 from ldm.checkpoints.read import PREFIXES
 from ldm.config import ModelConfig, TextEncoderConfig
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential
+from ldm.cpu.int8 import int8_available
 from ldm.models.text_encoder import TextEncoder
 from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
-LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "taesd", "prompt", "tiling")
-DEFAULT_LINES = LINES[:9]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "taesd", "prompt", "int8", "memory", "tiling")
+DEFAULT_LINES = LINES[:11]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+# The memory lines: a generation from the float16 file, each side in a fresh process; diffusers has no int8 path
+# on a CPU, so its float32 stands beside our int8.
+HALF_FILE_MODES = {
+    "float32": (None, None, torch.float32),
+    "bfloat16": (torch.bfloat16, None, torch.bfloat16),
+    "int8": (None, "int8", torch.float32),
+}  # mode -> (our dtype, our quantize, diffusers' dtype)
 PREVIEW_EVERY, PREVIEW_STEPS = 5, 20  # the preview-overhead line: --preview taesd --preview-every 5, 20 steps
 TILED_SIZE = 2048
 
@@ -148,7 +156,14 @@ def child(args) -> None:
         print(json.dumps({"seconds": time.perf_counter() - started, "rss": peak_rss_gib()}))
         return
     size, steps = args.child_size, args.e2e_steps
-    pipe = (load_ours if side == "ours" else load_diffusers)(single, folder)
+    if what.startswith("half-"):  # half-<mode>: the float16 file, computed as HALF_FILE_MODES says
+        dtype, quantize, their_dtype = HALF_FILE_MODES[what.removeprefix("half-")]
+        if side == "ours":
+            pipe = Pipeline.load(half_file(single), dtype=dtype, quantize=quantize)
+        else:
+            pipe = load_diffusers(half_file(single), folder, their_dtype)
+    else:
+        pipe = (load_ours if side == "ours" else load_diffusers)(single, folder)
     started = time.perf_counter()
     if what == "tiling":  # decode a size that does not fit untiled, in tiles
         z = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
@@ -327,6 +342,26 @@ def bf16_rows(ours, theirs, args, row: Callable[..., None]) -> None:
         theirs.unet.float()
 
 
+def int8_rows(ours, theirs, args, row: Callable[..., None]) -> None:
+    """The U-Net with 8-bit weights (--quantize int8) beside diffusers' float32, with its time and error against
+    our float32 U-Net, measured in the same run."""
+    if (reason := int8_available()) is not None:
+        print(f"  no int8 line: {reason}", file=sys.stderr)
+        return
+    single, _ = weights(args.model, args.cache)
+    int8 = Pipeline.load(single, quantize="int8")
+    context, t = ours.encode(PROMPTS, 1), torch.tensor([500])
+    for size in args.sizes:
+        z, z_batch = cfg_latents(size)
+        ours_fp32 = partial(ours.model.unet, z, t, context)
+        ours_int8 = partial(int8.model.unet, z, t, context)
+        theirs_fn = partial(theirs.unet, z_batch, t.expand(2), encoder_hidden_states=context)
+        mine, their = alternate(ours_int8, theirs_fn, args.repeats)
+        fp32 = statistics.median(_timed(ours_fp32) for _ in range(args.repeats))
+        row(f"U-Net with CFG, int8 weights, {size}x{size} (s)", mine, their, vs_ours_fp32=mine / fp32,
+            error_vs_fp32=relative_error(ours_int8(), ours_fp32()))  # fmt: skip
+
+
 def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     """TAESD (SD v1's, random weights shared through the key table) decoding beside diffusers' AutoencoderTiny,
     with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
@@ -440,7 +475,7 @@ def measure(args) -> list[dict]:
             fresh_pair(f"load {kind}, warm page cache", f"load-warm{suffix}", warm_up=True, raw=file)
             fresh_pair(f"load {kind}, cold page cache", f"load-cold{suffix}", raw=file)
 
-    if {"text", "unet", "vae", "bf16", "taesd", "prompt"} & set(args.only):
+    if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
@@ -455,11 +490,19 @@ def measure(args) -> list[dict]:
                 prompt_rows(ours_pipe, theirs_pipe, args, row, alternate, cfg_latents)
             if "taesd" in args.only:
                 taesd_rows(ours_pipe, theirs_pipe, args, row)
+            if "int8" in args.only:
+                int8_rows(ours_pipe, theirs_pipe, args, row)
         del ours_pipe, theirs_pipe
 
     if "e2e" in args.only:
         for size in args.sizes:
             fresh_pair(f"end to end, {size}x{size}, {args.e2e_steps} steps", "e2e", size)
+
+    if "memory" in args.only:
+        size = min(args.sizes)
+        for mode in HALF_FILE_MODES:
+            fresh_pair(f"end to end from the float16 file, {mode}, {size}x{size}, {args.e2e_steps} steps",
+                       f"half-{mode}", size)  # fmt: skip
 
     if "tiling" in args.only:
         fresh_pair(f"VAE decode {TILED_SIZE}x{TILED_SIZE}, tiled", "tiling", TILED_SIZE)
@@ -476,6 +519,7 @@ NOTES = {
     "flops_vs_floor": "ours does {:.2f} of the floor's FLOPs",
     "vs_no_lora": "ours with / without the LoRA {:.3f}",
     "vs_full_vae": "{:.3f}x our full VAE decode",
+    "vs_ours_fp32": "{:.2f}x our float32",
     "preview_seconds": "one preview (TAESD decode + PIL image) {:.3f} s",
     "previews": "{} previews",
 }

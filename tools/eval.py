@@ -2,6 +2,7 @@
 
     python tools/eval.py                      # table to stdout, grid to eval-grid.png
     python tools/eval.py --quick              # fewer images, one sampler
+    python tools/eval.py --quantize int8      # the same table with 8-bit U-Net weights
 
 Reports held-in and held-out (colour, shape) captions, guidance 1.0 vs 7.5, samplers at 10/20/50 steps, and
 inpainting: each scene's object repainted as another (colour, shape) through a mask around it.
@@ -73,8 +74,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="images per row of the table")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--grid", type=Path, default=Path("eval-grid.png"))
+    parser.add_argument("--quantize", choices=("int8",), help="8-bit U-Net weights (CPU), as ldm-txt2img's")
     args = parser.parse_args()
-    pipe = Pipeline.load(args.checkpoint)
+    pipe = Pipeline.load(args.checkpoint, quantize=args.quantize)
     held_in = [s for s, _ in scenes.sample(args.n, seed=2024)]
     held_out = [s for s, _ in scenes.sample(args.n, seed=2024, held_out=True)]
     rows = [("held-in", held_in, "dpmpp_2m", 20, 7.5), ("held-out", held_out, "dpmpp_2m", 20, 7.5),

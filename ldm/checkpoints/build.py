@@ -3,6 +3,7 @@ whole before anything is loaded. No random initialisation, no second copy of the
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,12 @@ def build_model(
     ema: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str = "cpu",
+    as_read: Collection[str] = (),
 ) -> Model:
     """Modules for the checkpoint: created on meta, given the file's tensors, converted to `dtype` once.
+
+    In the components named in `as_read`, conv and linear weights (2-D and 4-D) keep the file's dtype, for their
+    layers to quantize (ldm/cpu/int8.py) without a float32 copy first.
 
     The checkpoint's tensors are handed over (its dict is left empty): each file tensor is let go as soon as its
     converted copy exists, so a float16 file loading as float32 never holds the whole file beside the whole copy
@@ -104,7 +109,8 @@ def build_model(
     for name, module in modules.items():
         state, converted = parts.pop(name), {}
         for key in list(state):
-            converted[key] = _convert(state.pop(key), dtype, device)
+            keep = name in as_read and key.endswith(".weight") and state[key].dim() in (2, 4)
+            converted[key] = _convert(state.pop(key), None if keep else dtype, device)
         module.load_state_dict(converted, assign=True)
         module.eval().requires_grad_(False)
     return Model(**modules, config=config, family=family, path=checkpoint.path, unused=leftover,
@@ -124,6 +130,7 @@ def load_model(
     ema: bool = False,
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
+    as_read: Collection[str] = (),
 ) -> Model:
     """Read any SD v1 checkpoint and build its modules: the one call the pipeline and tools use."""
-    return build_model(read_checkpoint(path), config=config, ema=ema, dtype=dtype, device=device)
+    return build_model(read_checkpoint(path), config=config, ema=ema, dtype=dtype, device=device, as_read=as_read)

@@ -20,6 +20,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ldm.cpu.int8 import QUANTIZE
     from ldm.generate.preview import METHODS
     from ldm.models.attention import BACKENDS
     from ldm.runtime.offload import MODES
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="weights dtype")
     p.add_argument("--attention", choices=BACKENDS, help="attention backend")
     p.add_argument("--offload", choices=MODES, help="keep weights in CPU memory between uses")
+    p.add_argument("--quantize", choices=QUANTIZE, help="CPU: the U-Net's weights in 8 bits (faster, less memory)")
     p.add_argument("--taesd", type=Path, help="a TAESD decoder for previews (the built-in model has its own)")
     p.add_argument("--preview", choices=METHODS, default="approx", help="live preview of /progress (default approx)")
     p.add_argument("--preview-every", type=int, default=1, help="a new preview every N steps (default 1)")
@@ -89,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("limits and --preview-every must be at least 1")
     settings = Settings(
         device=args.device, dtype=getattr(torch, args.dtype) if args.dtype else None, attention=args.attention,
-        offload=args.offload, taesd=args.taesd, lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir,
-        outdir=args.outdir, limits=limits, users=parse_users(args.api_auth), api_key=args.api_key,
+        offload=args.offload, quantize=args.quantize, taesd=args.taesd, lora_dir=args.lora_dir,
+        embeddings_dir=args.embeddings_dir, outdir=args.outdir, limits=limits, users=parse_users(args.api_auth),
+        api_key=args.api_key,
         cors_origins=tuple(o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()),
         preview=args.preview, preview_every=args.preview_every,
     )  # fmt: skip

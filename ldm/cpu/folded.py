@@ -87,8 +87,11 @@ def _three_by_three(layer: nn.Module) -> bool:
 
 
 def foldable(x: Tensor, conv: nn.Module, from_area: float) -> bool:
-    """Fold when the input is large enough to pay for folding the kernels, and no autograd is wanted."""
+    """Fold when the input is large enough to pay for folding the kernels, and no autograd is wanted. An int8 conv
+    (ldm/cpu/int8.py) is faster on the upsampled input than a float one on the folded kernels."""
     (_, _, h, w), wants_grad = x.shape, x.requires_grad or any(p.requires_grad for p in conv.parameters())
+    if getattr(conv, "quantized", False):
+        return False
     return _three_by_three(conv) and h * w >= from_area and not (torch.is_grad_enabled() and wants_grad)
 
 

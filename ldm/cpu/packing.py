@@ -171,11 +171,13 @@ class PackedGEGLU(PackedLinear):
 class FusedGEGLU(GEGLU):
     """GEGLU whose `proj` (the same key) is a PackedGEGLU: the projection computes value * gelu(gate) itself."""
 
+    projection: type[PackedLinear] = PackedGEGLU
+
     @classmethod
     def replacing(cls, plain: GEGLU) -> FusedGEGLU:
         with torch.device("meta"):
             fused = cls(plain.proj.in_features, plain.proj.out_features // 2)
-        fused.proj = PackedGEGLU(plain.proj)
+        fused.proj = cls.projection(plain.proj)
         return fused
 
     def plain(self) -> GEGLU:

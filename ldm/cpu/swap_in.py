@@ -2,8 +2,8 @@
 
 The model files (ldm/models/) read like the CompVis code; the tricks live here as modules with the same
 children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py; TAESD's upsample-and-conv pairs
-too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), and, with `pack`, weights reordered for oneDNN and
-fused GEGLUs (ldm/cpu/packing.py).
+too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), with `pack`, weights reordered for oneDNN and
+fused GEGLUs (ldm/cpu/packing.py), and with `int8`, 8-bit weights (ldm/cpu/int8.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import nn
 
 from ldm.cpu.banded import BandedResnetBlock
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
+from ldm.cpu.int8 import quantize_weights
 from ldm.cpu.packing import pack_weights, unpack_weights
 from ldm.models.layers import Upsample
 from ldm.models.vae import ResnetBlock
@@ -19,16 +20,19 @@ from ldm.models.vae import ResnetBlock
 SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock}
 
 
-def swap_in(model: nn.Module, *, pack: bool = True) -> nn.Module:
+def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Module:
     """Replace `model`'s modules by their faster equals, in place; `pack` also packs weights (a CPU without
-    offload: the packed copies live in CPU memory)."""
+    offload: the packed copies live in CPU memory); `int8` quantizes its convs and linear layers first
+    (ldm/cpu/int8.py), and the layers left float pack."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) in SWAPS:
                 setattr(parent, name, SWAPS[type(child)].replacing(child))
             elif folds_pairs(child):
                 setattr(parent, name, FoldingSequential.replacing(child))
-    if pack:
+    if int8:
+        quantize_weights(model)
+    if pack or int8:
         pack_weights(model)
     return model
 

@@ -27,6 +27,7 @@ class Settings:
     dtype: torch.dtype | None = None
     attention: str | None = None
     offload: str | None = None
+    quantize: str | None = None
     taesd: Path | None = None
     lora_dir: Path = Path("models/Lora")
     embeddings_dir: Path = Path("embeddings")
@@ -61,7 +62,7 @@ class Server:
         s = self.settings
         log.info("loading %s", checkpoint.filename)
         pipe = Pipeline.load(checkpoint.path, device=s.device, dtype=s.dtype, attention=s.attention, offload=s.offload,
-                             taesd=s.taesd)  # fmt: skip
+                             quantize=s.quantize, taesd=s.taesd)  # fmt: skip
         digest = self.catalog.hashed(checkpoint)  # read once, for the titles and the infotexts
         pipe.model_info["model_hash"] = None if digest is None else digest[:10]
         pipe.lora_dir, pipe.lora_dir_confined = s.lora_dir, True
