@@ -119,3 +119,12 @@ def test_prompt_control_lines_on_a_tiny_model(tmp_path):
     assert [r["line"].split(" (")[0].split(",")[0] for r in rows] == [
         "switch between two LoRAs", "U-Net with CFG", "weighted 199-token prompt + negative"]  # fmt: skip
     assert all(r["ours"] > 0 and r["diffusers"] > 0 for r in rows) and rows[1]["vs_no_lora"] > 0
+
+
+def test_launch_to_first_image_runs_each_side_in_its_own_process(tmp_path):
+    import argparse
+
+    single, _ = bench.weights("tiny", tmp_path)
+    args = argparse.Namespace(model="tiny", cache=tmp_path, threads=1)
+    assert bench.launched(args, "ours", single, ready=False) > 0
+    assert bench.launched(args, "diffusers", bench.half_file(single), ready=True, cold=True) > 0

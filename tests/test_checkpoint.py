@@ -272,3 +272,13 @@ def test_v_prediction_preset_is_sd_v1_predicting_v():
     assert v == dataclasses.replace(sd, unet=dataclasses.replace(sd.unet, prediction_type="v_prediction"))
     with pytest.raises(ConfigError, match="prediction_type"):
         ModelConfig.from_dict({"unet": {"prediction_type": "x0"}})
+
+
+def test_as_read_keeps_conv_and_linear_weights_in_the_file_dtype(tmp_path, tiny):
+    """For layers that convert when they pack (ldm/cpu/packing.py): no float32 copy at load."""
+    path = write_single_file(random_checkpoint(dtype=torch.float16), tmp_path / "half.safetensors", tiny)
+    model = load_model(path, as_read=("unet",))
+    for key, value in model.unet.state_dict().items():
+        kept = key.endswith(".weight") and value.dim() in (2, 4)
+        assert value.dtype == (torch.float16 if kept else torch.float32), key
+    assert {v.dtype for v in model.vae.state_dict().values()} == {torch.float32}

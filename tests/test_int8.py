@@ -143,7 +143,7 @@ SETTINGS = dict(prompt="a red cube", steps=4, sampler="euler", width=64, height=
 def test_a_float16_file_quantizes_from_its_own_pages_and_the_image_stays_close(half_file):
     fp32, int8 = Pipeline.load(half_file), Pipeline.load(half_file, quantize="int8")
     layers = [m for m in int8.model.unet.modules() if isinstance(m, Int8Layer)]
-    assert layers and all(m.weight.dtype == torch.float16 for m in layers)  # not converted at load
+    assert layers and all(m.weight_as_read.dtype == torch.float16 for m in layers)  # not converted at load
     expected, image = (np.asarray(p(**SETTINGS)[0], dtype=float) for p in (fp32, int8))
     assert all(m.packed is not None and m.packed[0].dtype == torch.int8 for m in layers)
     assert 0 < np.abs(image - expected).mean() <= 4  # out of 255

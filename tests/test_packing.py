@@ -14,6 +14,7 @@ from ldm.cpu.packing import (
     PackedLayer,
     PackedLinear,
     pack_weights,
+    settle_dtype,
     unpack_weights,
 )
 from ldm.models.unet import GEGLU
@@ -112,6 +113,27 @@ def test_bfloat16_packs_too():
     assert all(
         m.packed is not None and m.packed[0].dtype == torch.bfloat16 for m in packed if isinstance(m, PackedLayer)
     )
+
+
+def test_weights_as_read_convert_once_when_their_layer_packs_and_everything_else_at_once():
+    """settle_dtype: a float16 model to compute in float32. A packed layer's weight stays float16 until the layer
+    packs (one conversion, straight into the packed copy); the rest converts now; nothing reads as float16."""
+    plain = small_model()
+    packed = settle_dtype(pack_weights(small_model().half()), torch.float32)
+    expected = small_model().half().float()  # the same float16 values, in float32
+    layers = [m for m in packed if isinstance(m, PackedLayer)]
+    assert all(m.weight_as_read.dtype == torch.float16 and "weight" not in m._parameters for m in layers)
+    assert packed[2].weight.dtype == torch.float32  # the 1x1 conv: not packed, converted now
+    assert {v.dtype for v in packed.state_dict().values()} == {torch.float32}
+    for mine, theirs in zip(packed.state_dict().values(), expected.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    packed = settle_dtype(pack_weights(small_model().half()), torch.float32)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(packed(x), pack_weights(expected)(x)) and rel_error(packed(x), plain(x)) <= 1e-2
+    layers = [m for m in packed if isinstance(m, PackedLayer)]
+    assert all(m.packed[0].dtype == torch.float32 and "weight" not in m._parameters for m in layers)
+    assert packed[0].weight.dtype == torch.float32  # reading it back: the float32 weight
 
 
 def test_unpack_gives_back_plain_layers_with_the_same_weights():

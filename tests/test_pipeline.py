@@ -347,3 +347,21 @@ def test_a_pickles_weights_are_packed_too_and_make_the_same_image(checkpoint, tm
     assert packed and all(m.packed is not None for m in packed)
     gc.collect()
     assert mappings_of(path) <= mapped - len(packed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_float16_file_converts_each_packed_weight_once_when_it_packs_and_computes_as_its_values(tmp_path, dtype):
+    """The U-Net's and VAE's packed layers keep the file's float16 weights until their first call, and the image
+    is the one the same values give from a float32 file."""
+    tensors = {k: v.half() for k, v in random_model(E2E, seed=4).items()}
+    half = write_single_file(tensors, tmp_path / "half.safetensors", E2E)
+    full = write_single_file({k: v.float() for k, v in tensors.items()}, tmp_path / "full.safetensors", E2E)
+    pipe = Pipeline.load(half, device="cpu", dtype=dtype)
+    waiting = [m for c in pipe.components() for m in c.modules() if isinstance(m, PackedLayer)]
+    assert waiting and all(m.weight_as_read.dtype == torch.float16 for m in waiting)
+    assert all(p.dtype == dtype for c in pipe.components() for p in c.parameters())  # what they list
+    settings = dict(prompt="a red cube", steps=3, width=64, height=64, seed=2, progress=False)
+    image = np.asarray(pipe(**settings)[0])
+    assert np.array_equal(image, np.asarray(Pipeline.load(full, device="cpu", dtype=dtype)(**settings)[0]))
+    used = [m for m in waiting if m.packed is not None]  # the VAE encoder's layers wait on (txt2img needs none)
+    assert used and all(m.packed[0].dtype == dtype and "weight" not in m._parameters for m in used)

@@ -51,8 +51,9 @@ from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
 
 PROMPTS = ["a photograph of an astronaut riding a horse", ""]  # a batch of 2: the cond and uncond of CFG
-LINES = ("floor", "load", "text", "unet", "vae", "e2e", "bf16", "taesd", "prompt", "int8", "memory", "tiling")
-DEFAULT_LINES = LINES[:11]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
+LINES = ("floor", "load", "first", "text", "unet", "vae", "e2e", "bf16", "taesd", "prompt", "int8", "memory",
+         "tiling")  # fmt: skip
+DEFAULT_LINES = LINES[:12]  # tiling decodes 2048x2048 on both sides: minutes; ask for it with --only tiling
 # The memory lines: a generation from the float16 file, each side in a fresh process; diffusers has no int8 path
 # on a CPU, so its float32 stands beside our int8.
 HALF_FILE_MODES = {
@@ -180,6 +181,18 @@ def child(args) -> None:
         generator = torch.Generator().manual_seed(0)
         pipe(PROMPTS[0], num_inference_steps=steps, guidance_scale=7.5, width=size, height=size, generator=generator)
     print(json.dumps({"seconds": time.perf_counter() - started, "rss": peak_rss_gib()}))
+
+
+def launched(args, side: str, file: Path, ready: bool, cold: bool = False) -> float:
+    """Seconds from launching tools/first_image.py (that side's imports only) to its exit."""
+    _, folder = weights(args.model, args.cache)
+    command = [sys.executable, str(Path(__file__).with_name("first_image.py")), side, str(file), str(folder),
+               "--threads", str(args.threads), *(["--ready"] if ready else [])]  # fmt: skip
+    if cold:
+        drop_page_cache(file)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 def in_fresh_process(args, side: str, what: str, size: int = 0) -> dict:
@@ -474,6 +487,18 @@ def measure(args) -> list[dict]:
             kind = "float16 file" if suffix else "float32 file"
             fresh_pair(f"load {kind}, warm page cache", f"load-warm{suffix}", warm_up=True, raw=file)
             fresh_pair(f"load {kind}, cold page cache", f"load-cold{suffix}", raw=file)
+
+    if "first" in args.only:  # launch to ready, and to the first 64x64 image (4 Euler steps), alternately
+        cases = [(f"launch to {'ready' if ready else 'first 64x64 image'}, {kind} file, {cache} page cache (s)",
+                  file, ready, cache == "cold")
+                 for kind, file in (("float16", half_file(single)), ("float32", single))
+                 for ready in (True, False) for cache in ("warm", "cold")]  # fmt: skip
+        for line, file, ready, cold in cases:
+            launched(args, "ours", file, ready)  # the warm-up also puts the interpreter's own files in cache
+            launched(args, "diffusers", file, ready)
+            times = [(launched(args, "ours", file, ready, cold), launched(args, "diffusers", file, ready, cold))
+                     for _ in range(args.repeats)]  # fmt: skip
+            row(line, statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
 
     if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only):
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)

@@ -52,17 +52,14 @@ def int8_available() -> str | None:
 
 
 def quantize_weights(model: nn.Module) -> nn.Module:
-    """Swap `model`'s convs, linear layers and GEGLUs for int8 ones, in place; layers left float get float32
-    weights (a float16 file's weights stay as read until a layer quantizes them)."""
+    """Swap `model`'s convs, linear layers and GEGLUs for int8 ones, in place (no weight is read yet: a float16
+    file's weights are quantized from its pages, see ldm/cpu/packing.py's settle_dtype)."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) is GEGLU and _quantizable(child.proj):
                 setattr(parent, name, Int8GEGLU.replacing(child))
             elif type(child) in (nn.Conv2d, nn.Linear) and _quantizable(child):
                 setattr(parent, name, Int8Conv2d(child) if isinstance(child, nn.Conv2d) else Int8Linear(child))
-    for layer in model.modules():
-        if type(layer) in (nn.Conv2d, nn.Linear) and layer.weight.dtype != torch.float32:
-            layer.weight = nn.Parameter(layer.weight.float(), requires_grad=False)
     return model
 
 

@@ -39,6 +39,10 @@ class PackedLayer(nn.Module):
         self.weight, self.bias = layer.weight, layer.bias
         self.packed: tuple[Tensor, ...] | None = None  # oneDNN's copy of the weight (of each row block)
         self.weight_requires_grad = layer.weight.requires_grad  # kept for the weight while only the copy exists
+        # Until the first call, the weight as the file has it, and the dtype it converts to (see settle_dtype):
+        # like a packed layer, the layer then lists no `weight`, and reading `weight` converts it.
+        self.weight_as_read: Tensor | None = None
+        self.compute_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         packed = self.packed  # this call's copy, even if another thread unpacks meanwhile
@@ -75,7 +79,22 @@ class PackedLayer(nn.Module):
     def __getattr__(self, name: str):
         if name == "weight" and self.__dict__.get("packed") is not None:  # only the packed copy is left
             self.unpack()  # the dense Parameter again, so what the caller reads or edits is what computes
+        elif name == "weight" and self.__dict__.get("weight_as_read") is not None:
+            self._convert_weight()
         return super().__getattr__(name)
+
+    def keep_as_read(self, dtype: torch.dtype) -> None:
+        """Hold the weight as it is (the file's pages) until it is needed, then convert it to `dtype` once."""
+        weight = self._parameters.pop("weight")
+        self.weight_as_read, self.compute_dtype = weight.detach(), dtype
+
+    def _convert_weight(self) -> None:
+        """The dense Parameter, in the dtype the layer computes in, from the weight as read (then let go)."""
+        with SWAPPING:
+            if self.weight_as_read is not None:
+                weight = self.weight_as_read.to(self.compute_dtype)
+                self.weight_as_read = self.compute_dtype = None
+                self.weight = nn.Parameter(weight, requires_grad=self.weight_requires_grad)
 
     def dense_weight(self) -> Tensor:
         if self.packed is None:
@@ -96,15 +115,19 @@ class PackedLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):  # .to(), .float(), .cuda(): act on the dense weight, repack when next called
         self.unpack()
+        self._convert_weight()
         return super()._apply(fn, recurse)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if self.packed is not None:  # first, as a plain layer lists it
             destination[prefix + "weight"] = self.dense_weight()
+        elif self.weight_as_read is not None:  # converted for the caller; the layer still waits for its call
+            destination[prefix + "weight"] = self.weight_as_read.to(self.compute_dtype)
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.unpack()
+        self._convert_weight()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -231,6 +254,23 @@ def pack_weights(model: nn.Module) -> nn.Module:
             elif type(child) in (nn.Conv2d, nn.Linear) and _packable(child):
                 packed = PackedConv2d(child) if isinstance(child, nn.Conv2d) else PackedLinear(child)
                 setattr(parent, name, packed)
+    return model
+
+
+def settle_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Every floating tensor of `model` in `dtype`, in place, except the weights of packed layers that have not
+    packed yet: those stay as the file has them until the layer packs (or anyone reads them), then convert once.
+    Nothing is converted twice, and a float16 file's float32 copy never exists whole beside the packed one."""
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if not tensor.is_floating_point() or tensor.dtype == dtype:
+                continue
+            if isinstance(module, PackedLayer) and name == "weight" and module.packed is None:
+                module.keep_as_read(dtype)
+            elif isinstance(tensor, nn.Parameter):
+                setattr(module, name, nn.Parameter(tensor.detach().to(dtype), requires_grad=tensor.requires_grad))
+            else:
+                setattr(module, name, tensor.to(dtype))
     return model
 
 

@@ -26,6 +26,7 @@ from ldm.config import ModelConfig
 from ldm.cpu.banded import BandedResnetBlock, in_bands
 from ldm.cpu.heap import released_after_each
 from ldm.cpu.int8 import QUANTIZE, int8_available, say_unavailable
+from ldm.cpu.packing import settle_dtype
 from ldm.cpu.swap_in import swap_in, swap_out
 from ldm.errors import ConfigError, LdmError
 from ldm.generate.request import GenerationRequest
@@ -128,8 +129,11 @@ class Pipeline:
         if offload is not None and offload not in MODES:
             raise ConfigError(f"unknown offload mode {offload!r}; choose one of {', '.join(MODES)}")
         int8 = _wants_int8(quantize, device, dtype, offload, compile)
+        # Packed copies live in CPU memory: not for offload (the CPU copy visits the device). Layers that will pack
+        # keep the file's weights as read until they do (settle_dtype): one conversion, at packing.
+        pack = pack and device.type == "cpu" and not offload and not compile
         model = load_model(path, config=config, dtype=dtype, device="cpu" if offload else device,
-                           as_read=("unet",) if int8 else ())  # fmt: skip
+                           as_read=COMPONENTS if pack or int8 else ())  # fmt: skip
         # The VAE decoder overflows in float16 on some images; it starts in the model dtype and retries in float32.
         # Offloaded, it stays float32: its CPU copy is the one that visits the device.
         vae_dtype = torch.float32 if offload else dtype
@@ -137,11 +141,11 @@ class Pipeline:
             model.vae.float()
         pipe = cls(model, device=device, dtype=dtype, vae_dtype=vae_dtype)
         if not compile:
-            # Packed copies live in CPU memory: not for offload (the CPU copy visits the device), nor for weights on
-            # one shared mapping of a pickle (packing would keep every file page beside the packed copies).
-            pack = pack and device.type == "cpu" and not offload and not model.one_mapping
+            # Nor for weights on one shared mapping of a pickle (packing would keep every file page beside the copies).
+            pack = pack and not model.one_mapping
             for name, module in zip(COMPONENTS, pipe.components(), strict=True):
                 swap_in(module, pack=pack, int8=int8 and name == "unet")
+                settle_dtype(module, dtype)
         pipe._set_offload(offload)
         if compile:
             pipe.compile()

@@ -1,0 +1,52 @@
+"""Launch to a ready pipeline, or to its first image: one side per process, importing only that side's code.
+
+    python tools/first_image.py ours bench/sd-v1-random-fp16.safetensors bench/sd-v1-random-diffusers
+    python tools/first_image.py diffusers FILE FOLDER --ready      # stop once the pipeline is loaded
+
+tools/bench.py (`--only first`) times this process from launch to exit, each side alternately.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("side", choices=("ours", "diffusers"))
+    parser.add_argument("file", help="a single-file checkpoint")
+    parser.add_argument("folder", help="the diffusers folder of its configuration (diffusers' offline load)")
+    parser.add_argument("--ready", action="store_true", help="stop once the pipeline is loaded")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = {"width": args.size, "height": args.size}
+    if args.side == "ours":
+        from ldm import Pipeline
+
+        pipe = Pipeline.load(args.file)
+        if not args.ready:
+            pipe(PROMPT, steps=args.steps, sampler="euler", seed=0, progress=False, **size)
+        return
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()
+    pipe = StableDiffusionPipeline.from_single_file(args.file, config=args.folder, local_files_only=True,
+                                                    torch_dtype=torch.float32, safety_checker=None,
+                                                    requires_safety_checker=False)  # fmt: skip
+    if not args.ready:
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        pipe(PROMPT, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0), **size)
+
+
+if __name__ == "__main__":
+    main()
