@@ -7,6 +7,8 @@ import torch
 from helpers import rel_error
 from torch import nn
 
+from ldm.cpu import packing
+from ldm.cpu.heap import release_free_memory
 from ldm.cpu.packing import (
     FusedGEGLU,
     PackedConv2d,
@@ -133,6 +135,9 @@ def test_weights_as_read_convert_once_when_their_layer_packs_and_everything_else
         assert torch.equal(packed(x), pack_weights(expected)(x)) and rel_error(packed(x), plain(x)) <= 1e-2
     layers = [m for m in packed if isinstance(m, PackedLayer)]
     assert all(m.packed[0].dtype == torch.float32 and "weight" not in m._parameters for m in layers)
+    assert packing._scratch is not None  # each converted into the one buffer (the equal outputs: none aliases it)
+    release_free_memory()
+    assert packing._scratch is None
     assert packed[0].weight.dtype == torch.float32  # reading it back: the float32 weight
 
 

@@ -27,8 +27,13 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "malloc_trim") else None
 
 
+IDLE_BUFFERS: list[Callable[[], None]] = []  # each lets a buffer kept for reuse go (ldm/cpu/packing.py's scratch)
+
+
 def release_free_memory() -> bool:
-    """Return free heap pages to the kernel; False where the C library is not glibc (nothing to do)."""
+    """Let idle buffers go and return free heap pages to the kernel; False where the C library is not glibc."""
+    for drop in IDLE_BUFFERS:
+        drop()
     libc = _glibc()
     if libc is None:
         return False

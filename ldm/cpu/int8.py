@@ -122,10 +122,10 @@ class Int8Layer:
 
     def forward(self, x: Tensor) -> Tensor:
         packed = self.packed
-        if packed is not None and self._suits(x, packed[0]) and (q := quantized_input(x)) is not None:
+        if packed is None:
+            return super().forward(x)  # packs (then computes in int8) where it can
+        if self._suits(x, packed[0]) and (q := quantized_input(x)) is not None:
             return self.int8_forward(q, packed)
-        if packed is None and self._suits(x, self.weight):
-            return super().forward(x)  # packs, then computes in int8
         return self.plain_forward(x, self.dense_weight().to(x.dtype))
 
     def packed_forward(self, x: Tensor, packed: tuple[Tensor, ...]) -> Tensor:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldm.cpu.heap import IDLE_BUFFERS
 from ldm.models.unet import GEGLU
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -58,6 +59,12 @@ class PackedLayer(nn.Module):
         """Packs or unpacks for this input; returns the dense weight when `x` must take the plain path."""
         if self.packed is not None and not self._suits(x, self.packed[0]):  # e.g. autograd wanted after all
             self.unpack()
+        if self.packed is None and self.weight_as_read is not None:  # straight from the file's weight
+            dense = converted_for_packing(self.weight_as_read, self.compute_dtype)
+            if self._suits(x, dense):
+                self.packed = self.pack(dense, x)
+                self.weight_as_read = self.compute_dtype = None
+                return None
         if self.packed is None:
             if not self._suits(x, self.weight):
                 return self.weight
@@ -212,6 +219,27 @@ class FusedGEGLU(GEGLU):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
+
+
+def converted_for_packing(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """`weight` in `dtype`, in one scratch buffer reused for every layer that packs (under SWAPPING): the packed
+    copy is oneDNN's own, so the dense one is needed only for the reorder, and fresh memory for each would be
+    paged in (zero-filled by the kernel) and handed back again, layer after layer."""
+    global _scratch
+    if _scratch is None or _scratch.numel() < weight.numel() or _scratch.dtype != dtype:
+        _scratch = None
+        _scratch = torch.empty(weight.numel(), dtype=dtype)
+    return _scratch[: weight.numel()].view(weight.shape).copy_(weight)
+
+
+def drop_scratch() -> None:
+    """Let the scratch buffer of converted_for_packing go (with the heap's free pages, after sampling)."""
+    global _scratch
+    _scratch = None
+
+
+_scratch: Tensor | None = None
+IDLE_BUFFERS.append(drop_scratch)
 
 
 def _packable(layer: nn.Module) -> bool:
