@@ -128,3 +128,31 @@ def test_launch_to_first_image_runs_each_side_in_its_own_process(tmp_path):
     args = argparse.Namespace(model="tiny", cache=tmp_path, threads=1)
     assert bench.launched(args, "ours", single, ready=False) > 0
     assert bench.launched(args, "diffusers", bench.half_file(single), ready=True, cold=True) > 0
+
+
+def test_openvino_peer_lines_on_a_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "floor", "--peer", "openvino",
+                "--cache", str(tmp_path), "--out", str(out)])  # fmt: skip
+    rows = json.loads(out.read_text())[1:]
+    names = ["float32", *(["bfloat16"] if native_bfloat16() else [])]
+    assert [r["line"] for r in rows] == [f"U-Net with CFG (batch 2), {n}, 64x64, vs OpenVINO (s)" for n in names]
+    assert all(r["ours"] > 0 and r["diffusers"] > 0 for r in rows)
+    assert rows[0]["error_vs_fp32"] < 1e-6 and rows[0]["peer_error_vs_fp32"] < 1e-4  # the same U-Net, twice
+    assert all(0 < r["error_vs_fp32"] < 0.1 and 0 < r["peer_error_vs_fp32"] < 0.1 for r in rows[1:])
+
+
+def test_op_classes_of_both_sides_on_a_tiny_model(tmp_path):
+    import argparse
+
+    import op_classes
+
+    assert op_classes.openvino_op("m.attn1/aten::scaled_dot_product_attention/ScaledDotProductAttention",
+                                  "Subgraph") == "scaled_dot_product_attention"  # fmt: skip
+    assert op_classes.op_class("scaled_dot_product_attention") == "attention"
+    assert op_classes.op_class(op_classes.openvino_op("MVN_1", "MVN")) == "normalisation"
+    args = argparse.Namespace(model="tiny", size=64, dtype="float32", threads=1, cache=tmp_path)
+    mine, theirs = op_classes.measure(args)
+    assert all(mine[c] > 0 for c in ("attention", "convolution", "linear", "normalisation"))
+    assert theirs["convolution"] > 0 and theirs["linear"] > 0
+    assert "| total |" in op_classes.table(mine, theirs)

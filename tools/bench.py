@@ -3,6 +3,7 @@
     python tools/bench.py                          # Markdown table to stdout; JSON with --out bench.json
     python tools/bench.py --only unet,vae --sizes 512
     python tools/bench.py --model tiny             # seconds: the smoke test's configuration
+    python tools/bench.py --only floor --peer openvino --sizes 256,512   # the U-Net beside OpenVINO's
 
 The weights are generated once into bench/ (a single .safetensors for both loaders, and a diffusers folder as
 the configuration diffusers' offline from_single_file needs). In-process lines time ours and diffusers
@@ -375,6 +376,51 @@ def int8_rows(ours, theirs, args, row: Callable[..., None]) -> None:
             error_vs_fp32=relative_error(ours_int8(), ours_fp32()))  # fmt: skip
 
 
+class PositionalUNet(torch.nn.Module):
+    """diffusers' U-Net called as (latents, timesteps, context) -> noise, the signature a converter traces."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+
+
+def openvino_rows(ours, theirs, args, row: Callable[..., None]) -> None:
+    """Ours beside OpenVINO (what FastSD CPU and optimum-intel run): diffusers' U-Net on the same weights, converted
+    by openvino.convert_model and compiled by its CPU plugin with the same threads, in float32 and with its
+    bfloat16 hint (its default on CPUs with native bfloat16); each side's error against our float32."""
+    import openvino
+
+    from ldm.cpu.bf16 import native_bfloat16
+
+    single, _ = weights(args.model, args.cache)
+    context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
+    with torch.no_grad():
+        converted = openvino.convert_model(PositionalUNet(theirs.unet.eval()), example_input=(*cfg_latents(64)[1:],
+                                           t, context))  # fmt: skip
+    sides = [("float32", "f32", ours)]
+    if native_bfloat16():
+        sides.append(("bfloat16", "bf16", Pipeline.load(single, dtype=torch.bfloat16)))
+    for name, hint, mine in sides:
+        config = {"INFERENCE_PRECISION_HINT": hint, "INFERENCE_NUM_THREADS": args.threads,
+                  "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+        request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
+        for size in args.sizes:
+            z, z_batch = cfg_latents(size)
+            reference = ours.model.unet(z, t[:1], context)
+            inputs = [z_batch.numpy(), t.numpy(), context.numpy()]
+            mine_fn = partial(mine.model.unet, z.to(mine.dtype), t[:1], context.to(mine.dtype))
+            theirs_fn = partial(request.infer, inputs)
+            seconds, their_seconds = alternate(mine_fn, theirs_fn, args.repeats)
+            their_out = torch.from_numpy(request.infer(inputs)[0].copy())
+            row(f"U-Net with CFG (batch 2), {name}, {size}x{size}, vs OpenVINO (s)", seconds, their_seconds,
+                error_vs_fp32=relative_error(mine_fn(), reference),
+                peer_error_vs_fp32=relative_error(their_out, reference))  # fmt: skip
+        del request
+
+
 def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     """TAESD (SD v1's, random weights shared through the key table) decoding beside diffusers' AutoencoderTiny,
     with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
@@ -500,7 +546,7 @@ def measure(args) -> list[dict]:
                      for _ in range(args.repeats)]  # fmt: skip
             row(line, statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
 
-    if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only):
+    if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only) or args.peer:
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
@@ -517,6 +563,8 @@ def measure(args) -> list[dict]:
                 taesd_rows(ours_pipe, theirs_pipe, args, row)
             if "int8" in args.only:
                 int8_rows(ours_pipe, theirs_pipe, args, row)
+            if "openvino" in args.peer:
+                openvino_rows(ours_pipe, theirs_pipe, args, row)
         del ours_pipe, theirs_pipe
 
     if "e2e" in args.only:
@@ -545,6 +593,7 @@ NOTES = {
     "vs_no_lora": "ours with / without the LoRA {:.3f}",
     "vs_full_vae": "{:.3f}x our full VAE decode",
     "vs_ours_fp32": "{:.2f}x our float32",
+    "peer_error_vs_fp32": "theirs vs our float32 {:.1e}",
     "preview_seconds": "one preview (TAESD decode + PIL image) {:.3f} s",
     "previews": "{} previews",
 }
@@ -575,6 +624,8 @@ def main(argv: list[str] | None = None) -> None:
         default=list(DEFAULT_LINES),
         help=f"any of {','.join(LINES)} (default: all but tiling)",
     )
+    parser.add_argument("--peer", type=lambda s: s.split(","), default=[],
+                        help="also measure against: openvino (pip install 'ldm[bench]')")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--e2e-steps", type=int, default=4)
@@ -588,6 +639,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.only) - set(LINES)
     if unknown:
         parser.error(f"unknown --only lines {sorted(unknown)}; choose from {','.join(LINES)}")
+    if set(args.peer) - {"openvino"}:
+        parser.error("--peer takes openvino")
     rows = measure(args)
     print(table(rows))
     if args.out:
