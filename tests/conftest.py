@@ -8,7 +8,8 @@ from ldm.config import ModelConfig
 # `--fast` (`make test-fast`) leaves out the tests marked `full` and these modules, the slowest of the rest, so the
 # tier stays under 2 minutes on 2 CPU cores. `make test` runs everything.
 FAST_SKIP = ("test_pipeline.py", "test_unet.py", "test_train.py", "test_bench.py", "test_cli.py", "test_cli_many.py",
-             "test_cli_preview.py", "test_cli_img2img.py", "test_serve_clients.py", "test_serve_load.py")  # fmt: skip
+             "test_cli_preview.py", "test_cli_img2img.py", "test_serve_clients.py", "test_serve_load.py",
+             "test_cuda_check.py")  # fmt: skip
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

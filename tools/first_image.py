@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--device", default="cpu", help="cpu (float32) or cuda (float16, as each side runs there)")
     args = parser.parse_args(argv)
     import torch
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.side == "ours":
         from ldm import Pipeline
 
-        pipe = Pipeline.load(args.file)
+        pipe = Pipeline.load(args.file, device=args.device)
         if not args.ready:
             pipe(PROMPT, steps=args.steps, sampler="euler", seed=0, progress=False, **size)
         return
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     from diffusers.utils import logging
 
     logging.set_verbosity_error()
+    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
     pipe = StableDiffusionPipeline.from_single_file(args.file, config=args.folder, local_files_only=True,
-                                                    torch_dtype=torch.float32, safety_checker=None,
-                                                    requires_safety_checker=False)  # fmt: skip
+                                                    torch_dtype=dtype, safety_checker=None,
+                                                    requires_safety_checker=False).to(args.device)  # fmt: skip
     if not args.ready:
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
