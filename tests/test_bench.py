@@ -131,9 +131,11 @@ def test_launch_to_first_image_runs_each_side_in_its_own_process(tmp_path):
 
 
 def test_openvino_peer_lines_on_a_tiny_model(tmp_path):
+    """In its own process, as the op-class test: OpenVINO's runtime and the thread count stay out of this one."""
     out = tmp_path / "bench.json"
-    bench.main(["--model", "tiny", "--sizes", "64", "--repeats", "1", "--only", "floor", "--peer", "openvino",
-                "--cache", str(tmp_path), "--out", str(out)])  # fmt: skip
+    subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--model", "tiny", "--sizes", "64", "--repeats", "1",
+                    "--only", "floor", "--peer", "openvino", "--cache", str(tmp_path), "--out", str(out)], check=True,
+                   capture_output=True)  # fmt: skip
     rows = json.loads(out.read_text())[1:]
     names = ["float32", *(["bfloat16"] if native_bfloat16() else [])]
     assert [r["line"] for r in rows] == [f"U-Net with CFG (batch 2), {n}, 64x64, vs OpenVINO (s)" for n in names]
@@ -143,16 +145,17 @@ def test_openvino_peer_lines_on_a_tiny_model(tmp_path):
 
 
 def test_op_classes_of_both_sides_on_a_tiny_model(tmp_path):
-    import argparse
-
     import op_classes
 
     assert op_classes.openvino_op("m.attn1/aten::scaled_dot_product_attention/ScaledDotProductAttention",
                                   "Subgraph") == "scaled_dot_product_attention"  # fmt: skip
     assert op_classes.op_class("scaled_dot_product_attention") == "attention"
     assert op_classes.op_class(op_classes.openvino_op("MVN_1", "MVN")) == "normalisation"
-    args = argparse.Namespace(model="tiny", size=64, dtype="float32", threads=1, cache=tmp_path)
-    mine, theirs = op_classes.measure(args)
-    assert all(mine[c] > 0 for c in ("attention", "convolution", "linear", "normalisation"))
-    assert theirs["convolution"] > 0 and theirs["linear"] > 0
-    assert "| total |" in op_classes.table(mine, theirs)
+    result = subprocess.run([sys.executable, str(TOOLS / "op_classes.py"), "--model", "tiny", "--size", "64",
+                             "--dtype", "float32", "--threads", "1", "--cache", str(tmp_path)], check=True,
+                            capture_output=True, text=True)  # fmt: skip
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in result.stdout.splitlines()
+            if line.startswith("| ")}  # fmt: skip
+    assert {"attention", "convolution", "linear", "normalisation", "total"} <= set(rows)
+    assert all(float(rows[name][i]) > 0 for name in ("attention", "convolution", "linear") for i in (1,))
+    assert float(rows["convolution"][2]) > 0 and float(rows["total"][2]) > 0
