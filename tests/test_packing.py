@@ -9,6 +9,7 @@ from torch import nn
 
 from ldm.cpu import packing
 from ldm.cpu.heap import release_free_memory
+from ldm.cpu.looked_up import LookedUpEmbedding
 from ldm.cpu.packing import (
     FusedGEGLU,
     PackedConv2d,
@@ -19,6 +20,7 @@ from ldm.cpu.packing import (
     settle_dtype,
     unpack_weights,
 )
+from ldm.cpu.swap_in import swap_in, swap_out
 from ldm.models.unet import GEGLU
 
 
@@ -139,6 +141,21 @@ def test_weights_as_read_convert_once_when_their_layer_packs_and_everything_else
     release_free_memory()
     assert packing._scratch is None
     assert packed[0].weight.dtype == torch.float32  # reading it back: the float32 weight
+
+
+def test_an_embedding_table_as_read_converts_only_the_rows_looked_up():
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 8).half().requires_grad_(False)
+    model = settle_dtype(swap_in(nn.Sequential(nn.Embedding(50, 8, _weight=table.weight.clone()))), torch.float32)
+    assert isinstance(model[0], LookedUpEmbedding) and model[0].table_as_read.dtype == torch.float16
+    assert list(model.named_parameters()) == [] and model.state_dict()["0.weight"].dtype == torch.float32
+    ids = torch.tensor([[3, 7, 7, 49]])
+    out = model(ids)
+    assert out.dtype == torch.float32 and torch.equal(out, table.weight.float()[ids])
+    assert model[0].table_as_read is not None  # still as read: a lookup converts its rows only
+    assert torch.equal(model[0].weight, table.weight.float()) and model[0].table_as_read is None
+    swap_out(model)
+    assert type(model[0]) is nn.Embedding and torch.equal(model(ids), out)
 
 
 def test_unpack_gives_back_plain_layers_with_the_same_weights():

@@ -365,3 +365,5 @@ def test_a_float16_file_converts_each_packed_weight_once_when_it_packs_and_compu
     assert np.array_equal(image, np.asarray(Pipeline.load(full, device="cpu", dtype=dtype)(**settings)[0]))
     used = [m for m in waiting if m.packed is not None]  # the VAE encoder's layers wait on (txt2img needs none)
     assert used and all(m.packed[0].dtype == dtype and "weight" not in m._parameters for m in used)
+    tokens = pipe.model.text_encoder.text_model.embeddings.token_embedding
+    assert tokens.table_as_read.dtype == torch.float16  # a prompt reads its rows of the table, nothing more

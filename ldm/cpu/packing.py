@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldm.cpu.heap import IDLE_BUFFERS
+from ldm.cpu.looked_up import LookedUpEmbedding
 from ldm.models.unet import GEGLU
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -295,6 +296,8 @@ def settle_dtype(model: nn.Module, dtype: torch.dtype) -> nn.Module:
                 continue
             if isinstance(module, PackedLayer) and name == "weight" and module.packed is None:
                 module.keep_as_read(dtype)
+            elif isinstance(module, LookedUpEmbedding) and name == "weight":
+                module.keep_as_read(dtype)  # only the rows a lookup reads enter memory
             elif isinstance(tensor, nn.Parameter):
                 setattr(module, name, nn.Parameter(tensor.detach().to(dtype), requires_grad=tensor.requires_grad))
             else:

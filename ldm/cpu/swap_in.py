@@ -3,7 +3,8 @@
 The model files (ldm/models/) read like the CompVis code; the tricks live here as modules with the same
 children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py; TAESD's upsample-and-conv pairs
 too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), with `pack`, weights reordered for oneDNN and
-fused GEGLUs (ldm/cpu/packing.py), and with `int8`, 8-bit weights (ldm/cpu/int8.py).
+fused GEGLUs (ldm/cpu/packing.py), and with `int8`, 8-bit weights (ldm/cpu/int8.py); embedding tables that
+can stay as the file has them (ldm/cpu/looked_up.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from torch import nn
 from ldm.cpu.banded import BandedResnetBlock
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
 from ldm.cpu.int8 import quantize_weights
+from ldm.cpu.looked_up import LookedUpEmbedding
 from ldm.cpu.packing import pack_weights, unpack_weights
 from ldm.models.layers import Upsample
 from ldm.models.vae import ResnetBlock
 
-SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock}
+SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock, nn.Embedding: LookedUpEmbedding}
 
 
 def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Module:
@@ -42,6 +44,6 @@ def swap_out(model: nn.Module) -> nn.Module:
     unpack_weights(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential)):
+            if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential, LookedUpEmbedding)):
                 setattr(parent, name, child.plain())
     return model
