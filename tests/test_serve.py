@@ -390,3 +390,6 @@ def test_the_command_refuses_bad_flags_in_one_line_and_warns_when_open_to_the_ne
     err = capsys.readouterr().err.splitlines()
     assert "warning: listening on 0.0.0.0 with no --api-auth or --api-key" in err[0] and "does not exist" in err[1]
     assert main(["--max-steps", "0"]) == 2 and "at least 1" in capsys.readouterr().err
+    # --quantize reaches the model's load: a combination it refuses is said in one line before the port opens
+    assert main(["--quantize", "int8", "--dtype", "bfloat16"]) == 2
+    assert "--quantize int8 is for a CPU in float32" in capsys.readouterr().err.splitlines()[-1]
