@@ -1,6 +1,7 @@
 """tools/bench.py runs and reports every line it is asked for (a smoke test: timings are reports, not tests)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,50 @@ def test_op_classes_of_both_sides_on_a_tiny_model(tmp_path):
     assert {"attention", "convolution", "linear", "normalisation", "total"} <= set(rows)
     assert all(float(rows[name][i]) > 0 for name in ("attention", "convolution", "linear") for i in (1,))
     assert float(rows["convolution"][2]) > 0 and float(rows["total"][2]) > 0
+
+
+STAND_IN_SDCPP = """
+import json, os, time
+
+class StableDiffusion:  # records what tools/sdcpp_peer.py asks of stable-diffusion.cpp
+    def __init__(self, **kwargs):
+        self.calls = [kwargs]
+
+    def generate_image(self, **kwargs):
+        time.sleep(0.01)
+        with open(os.environ["SDCPP_CALLS"], "a") as log:
+            log.write(json.dumps([self.calls[0], kwargs]) + "\\n")
+        return []
+"""
+
+
+def test_sdcpp_peer_lines_run_each_side_in_its_own_process(tmp_path):
+    """stable-diffusion.cpp compiles for 15 minutes, so a stand-in module takes its place: the lines' plumbing, and
+    the settings the peer is given (the file, its weight type per mode, size, steps, Euler, CFG 7.5, threads)."""
+    (tmp_path / "stand_in").mkdir()
+    (tmp_path / "stand_in" / "stable_diffusion_cpp.py").write_text(STAND_IN_SDCPP)
+    calls, out = tmp_path / "calls.jsonl", tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stand_in"), "SDCPP_CALLS": str(calls)}
+    subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--model", "tiny", "--sizes", "64", "--repeats", "1",
+                    "--only", "floor", "--peer", "sdcpp", "--e2e-steps", "2", "--threads", "1",
+                    "--cache", str(tmp_path), "--out", str(out)], check=True, capture_output=True, env=env)  # fmt: skip
+    rows = json.loads(out.read_text())[1:]
+    kinds = {"float32": "f32", "bfloat16": "f16", "int8": "q8_0"}
+    line = "{} beside stable-diffusion.cpp {}, float16 file, 64x64, 2 steps"
+    assert [r["line"] for r in rows] == [line.format(m, k) + end for m, k in kinds.items()
+                                         for end in (" (s)", ": peak RSS (GiB)")]  # fmt: skip
+    assert all(r["ours"] > 0 and r["diffusers"] > 0 for r in rows)
+    made = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert [m[0]["wtype"] for m in made] == list(kinds.values())
+    assert all(m[0]["model_path"].endswith("-fp16.safetensors") and m[0]["n_threads"] == 1 for m in made)
+    assert all(m[1] | {"prompt": None} == {"prompt": None, "width": 64, "height": 64, "cfg_scale": 7.5,
+               "sample_method": "euler", "sample_steps": 2, "seed": 0} for m in made)  # fmt: skip
+
+
+def test_sdcpp_peer_says_what_is_missing(tmp_path):
+    result = subprocess.run([sys.executable, str(TOOLS / "bench.py"), "--model", "tiny", "--peer", "sdcpp",
+                             "--sdcpp-python", sys.executable, "--cache", str(tmp_path)], capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": ""})  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot import stable_diffusion_cpp; pip install stable-diffusion-cpp-python" in result.stderr
+    assert not list(tmp_path.iterdir())  # refused before any weights were made

@@ -4,6 +4,7 @@
     python tools/bench.py --only unet,vae --sizes 512
     python tools/bench.py --model tiny             # seconds: the smoke test's configuration
     python tools/bench.py --only floor --peer openvino --sizes 256,512   # the U-Net beside OpenVINO's
+    python tools/bench.py --only floor --peer sdcpp --sizes 256          # a generation beside stable-diffusion.cpp's
 
 The weights are generated once into bench/ (a single .safetensors for both loaders, and a diffusers folder as
 the configuration diffusers' offline from_single_file needs). In-process lines time ours and diffusers
@@ -62,6 +63,8 @@ HALF_FILE_MODES = {
     "bfloat16": (torch.bfloat16, None, torch.bfloat16),
     "int8": (None, "int8", torch.float32),
 }  # mode -> (our dtype, our quantize, diffusers' dtype)
+# --peer sdcpp: stable-diffusion.cpp's weight type beside each of those modes (its f16 beside our bfloat16).
+SDCPP_TYPES = {"float32": "f32", "bfloat16": "f16", "int8": "q8_0"}
 PREVIEW_EVERY, PREVIEW_STEPS = 5, 20  # the preview-overhead line: --preview taesd --preview-every 5, 20 steps
 TILED_SIZE = 2048
 
@@ -176,7 +179,16 @@ def child(args) -> None:
                 pipe.vae.enable_tiling()
                 pipe.vae.decode(z)
     elif side == "ours":
-        pipe(PROMPTS[0], steps=steps, guidance=7.5, sampler="plms", width=size, height=size, seed=0, progress=False)
+        pipe(
+            PROMPTS[0],
+            steps=steps,
+            guidance=7.5,
+            sampler=args.child_sampler,
+            width=size,
+            height=size,
+            seed=0,
+            progress=False,
+        )
     else:
         pipe.set_progress_bar_config(disable=True)
         generator = torch.Generator().manual_seed(0)
@@ -196,9 +208,9 @@ def launched(args, side: str, file: Path, ready: bool, cold: bool = False) -> fl
     return time.perf_counter() - started
 
 
-def in_fresh_process(args, side: str, what: str, size: int = 0) -> dict:
+def in_fresh_process(args, side: str, what: str, size: int = 0, sampler: str = "plms") -> dict:
     command = [sys.executable, __file__, "--child", side, what, "--model", args.model, "--cache", str(args.cache),
-               "--threads", str(args.threads), "--child-size", str(size),
+               "--threads", str(args.threads), "--child-size", str(size), "--child-sampler", sampler,
                "--e2e-steps", str(args.e2e_steps)]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -421,6 +433,26 @@ def openvino_rows(ours, theirs, args, row: Callable[..., None]) -> None:
         del request
 
 
+def sdcpp_rows(args, row: Callable[..., None]) -> None:
+    """Ours beside stable-diffusion.cpp on the float16 file: one generation each (Euler, CFG 7.5), each side in a
+    fresh process, alternately; seconds after the load, and peak RSS, for each of our modes beside its type."""
+    single, _ = weights(args.model, args.cache)
+    size = min(args.sizes)
+    peer = [args.sdcpp_python, str(Path(__file__).with_name("sdcpp_peer.py")), str(half_file(single)),
+            "--size", str(size), "--steps", str(args.e2e_steps), "--threads", str(args.threads)]  # fmt: skip
+
+    def theirs(kind: str) -> dict:
+        out = subprocess.run([*peer, "--type", kind], check=True, capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    for mode, kind in SDCPP_TYPES.items():
+        runs = [(in_fresh_process(args, "ours", f"half-{mode}", size, "euler"), theirs(kind))
+                for _ in range(args.repeats)]  # fmt: skip
+        line = f"{mode} beside stable-diffusion.cpp {kind}, float16 file, {size}x{size}, {args.e2e_steps} steps"
+        row(f"{line} (s)", *(statistics.median(r[i]["seconds"] for r in runs) for i in (0, 1)))
+        row(f"{line}: peak RSS (GiB)", *(max(r[i]["rss"] for r in runs) for i in (0, 1)))
+
+
 def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     """TAESD (SD v1's, random weights shared through the key table) decoding beside diffusers' AutoencoderTiny,
     with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
@@ -546,7 +578,7 @@ def measure(args) -> list[dict]:
                      for _ in range(args.repeats)]  # fmt: skip
             row(line, statistics.median(t[0] for t in times), statistics.median(t[1] for t in times))
 
-    if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only) or args.peer:
+    if {"text", "unet", "vae", "bf16", "taesd", "prompt", "int8"} & set(args.only) or "openvino" in args.peer:
         ours_pipe, theirs_pipe = load_ours(single, folder), load_diffusers(single, folder)
         with torch.inference_mode():
             for line, ours_fn, theirs_fn, work_fn in component_cases(ours_pipe, theirs_pipe, args):
@@ -576,6 +608,9 @@ def measure(args) -> list[dict]:
         for mode in HALF_FILE_MODES:
             fresh_pair(f"end to end from the float16 file, {mode}, {size}x{size}, {args.e2e_steps} steps",
                        f"half-{mode}", size)  # fmt: skip
+
+    if "sdcpp" in args.peer:
+        sdcpp_rows(args, row)
 
     if "tiling" in args.only:
         fresh_pair(f"VAE decode {TILED_SIZE}x{TILED_SIZE}, tiled", "tiling", TILED_SIZE)
@@ -625,7 +660,10 @@ def main(argv: list[str] | None = None) -> None:
         help=f"any of {','.join(LINES)} (default: all but tiling)",
     )
     parser.add_argument("--peer", type=lambda s: s.split(","), default=[],
-                        help="also measure against: openvino (pip install 'ldm[bench]')")  # fmt: skip
+                        help="also measure against: openvino (pip install 'ldm[bench]'), sdcpp "
+                             "(stable-diffusion.cpp: pip install stable-diffusion-cpp-python)")  # fmt: skip
+    parser.add_argument("--sdcpp-python", default=sys.executable,
+                        help="the Python that has stable-diffusion-cpp-python (default: this one)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--e2e-steps", type=int, default=4)
@@ -633,14 +671,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--child-size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-sampler", default="plms", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child(args)
     unknown = set(args.only) - set(LINES)
     if unknown:
         parser.error(f"unknown --only lines {sorted(unknown)}; choose from {','.join(LINES)}")
-    if set(args.peer) - {"openvino"}:
-        parser.error("--peer takes openvino")
+    if set(args.peer) - {"openvino", "sdcpp"}:
+        parser.error("--peer takes openvino, sdcpp")
+    if "sdcpp" in args.peer and subprocess.run([args.sdcpp_python, "-c", "import stable_diffusion_cpp"],
+                                               capture_output=True).returncode:  # fmt: skip
+        parser.error(f"--peer sdcpp: {args.sdcpp_python} cannot import stable_diffusion_cpp; pip install "
+                     "stable-diffusion-cpp-python there (it compiles from source), or pass --sdcpp-python")  # fmt: skip
     rows = measure(args)
     print(table(rows))
     if args.out:
