@@ -143,6 +143,38 @@ def test_weights_as_read_convert_once_when_their_layer_packs_and_everything_else
     assert packed[0].weight.dtype == torch.float32  # reading it back: the float32 weight
 
 
+def test_a_conv_packs_from_a_channels_last_copy_into_the_same_packed_weight():
+    """PackedConv2d hands oneDNN its weight channels-last (a faster reorder): the packed copy is the same one a
+    plain weight gives, from a float32 weight or a float16 one as read, and the layer's numbers are unchanged."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(24, 40, 3, padding=1).eval()
+    x = torch.randn(2, 24, 8, 8)
+    direct = torch.ops.mkldnn._reorder_convolution_weight(
+        conv.weight.detach(), [1, 1], [1, 1], [1, 1], 1, [2, 24, 8, 8]
+    )
+    from_dense = PackedConv2d(conv)
+    from_half = settle_dtype(nn.Sequential(PackedConv2d(nn.Conv2d(24, 40, 3, padding=1).half())), torch.float32)[0]
+    from_half.weight_as_read.copy_(conv.weight.detach().half())
+    with torch.no_grad():
+        assert torch.equal(from_dense(x), torch.ops.mkldnn._convolution_pointwise(
+            x, direct, conv.bias, [1, 1], [1, 1], [1, 1], 1, "none", [], ""))  # fmt: skip
+        from_half(x)
+    assert torch.equal(from_dense.packed[0].to_dense(), direct.to_dense())
+    assert torch.equal(from_half.packed[0].to_dense(), conv.weight.detach().half().float())
+    assert torch.equal(from_dense.weight, conv.weight)  # unpacked again: the plain weight, in its plain layout
+    assert from_dense.weight.is_contiguous()
+
+
+def test_the_scratch_buffer_made_in_inference_mode_serves_a_pack_outside_it():
+    release_free_memory()  # no scratch buffer yet
+    first, second = pack_weights(small_model()), pack_weights(small_model())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        expected = first(x)
+    with torch.no_grad():
+        assert torch.equal(second(x), expected)
+
+
 def test_an_embedding_table_as_read_converts_only_the_rows_looked_up():
     torch.manual_seed(0)
     table = nn.Embedding(50, 8).half().requires_grad_(False)

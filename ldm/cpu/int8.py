@@ -107,6 +107,7 @@ class Int8Layer:
     """What Int8Conv2d and Int8Linear share: the checks, and the plain path for what int8 cannot take."""
 
     quantized = True  # ldm/cpu/folded.py: an int8 conv computes after the upsampling rather than folding it
+    packs_from_channels_last = False  # pack() quantizes the plain weight itself
 
     def _suits(self, x: Tensor, w: Tensor) -> bool:
         if x.dtype != torch.float32 or x.device.type != "cpu" or w.device.type != "cpu":

@@ -36,6 +36,8 @@ SWAPPING = threading.RLock()  # held while a layer swaps its dense and packed we
 class PackedLayer(nn.Module):
     """Holds `weight` as a Parameter until the first call that can use a packed copy, then only the copy."""
 
+    packs_from_channels_last = False  # whether pack() is handed the dense weight channels-last (PackedConv2d)
+
     def __init__(self, layer: nn.Conv2d | nn.Linear):
         super().__init__()
         self.weight, self.bias = layer.weight, layer.bias
@@ -61,7 +63,7 @@ class PackedLayer(nn.Module):
         if self.packed is not None and not self._suits(x, self.packed[0]):  # e.g. autograd wanted after all
             self.unpack()
         if self.packed is None and self.weight_as_read is not None:  # straight from the file's weight
-            dense = converted_for_packing(self.weight_as_read, self.compute_dtype)
+            dense = converted_for_packing(self.weight_as_read, self.compute_dtype, self.packs_from_channels_last)
             if self._suits(x, dense):
                 self.packed = self.pack(dense, x)
                 self.weight_as_read = self.compute_dtype = None
@@ -70,7 +72,10 @@ class PackedLayer(nn.Module):
             if not self._suits(x, self.weight):
                 return self.weight
             self.weight_requires_grad = self.weight.requires_grad
-            self.packed = self.pack(self.weight.detach(), x)
+            weight = self.weight.detach()
+            if self.packs_from_channels_last:
+                weight = converted_for_packing(weight, weight.dtype, channels_last=True)
+            self.packed = self.pack(weight, x)
             del self.weight  # the dense copy is freed; `dense_weight()` rebuilds it on demand
         return None
 
@@ -140,6 +145,10 @@ class PackedLayer(nn.Module):
 
 
 class PackedConv2d(PackedLayer):
+    # oneDNN reorders a channels-last (o, h, w, i) weight into its blocked layout in about half the time of a
+    # plain one, into the same packed copy: the first image pays that reorder for every conv.
+    packs_from_channels_last = True
+
     def __init__(self, conv: nn.Conv2d):
         super().__init__(conv)
         self.stride, self.padding, self.dilation = list(conv.stride), list(conv.padding), list(conv.dilation)
@@ -222,15 +231,20 @@ class FusedGEGLU(GEGLU):
         return self.proj(x)
 
 
-def converted_for_packing(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    """`weight` in `dtype`, in one scratch buffer reused for every layer that packs (under SWAPPING): the packed
-    copy is oneDNN's own, so the dense one is needed only for the reorder, and fresh memory for each would be
-    paged in (zero-filled by the kernel) and handed back again, layer after layer."""
+def converted_for_packing(weight: Tensor, dtype: torch.dtype, channels_last: bool = False) -> Tensor:
+    """`weight` in `dtype` (a 4-D one channels-last if asked), in one scratch buffer reused for every layer that
+    packs (under SWAPPING): the packed copy is oneDNN's own, so the dense one is needed only for the reorder, and
+    fresh memory for each would be paged in (zero-filled by the kernel) and handed back again, layer after layer."""
     global _scratch
     if _scratch is None or _scratch.numel() < weight.numel() or _scratch.dtype != dtype:
         _scratch = None
-        _scratch = torch.empty(weight.numel(), dtype=dtype)
-    return _scratch[: weight.numel()].view(weight.shape).copy_(weight)
+        with torch.inference_mode(False):  # a normal tensor, so calls outside inference mode may write it too
+            _scratch = torch.empty(weight.numel(), dtype=dtype)
+    scratch = _scratch[: weight.numel()]
+    if channels_last and weight.dim() == 4:
+        out_channels, in_channels, height, width = weight.shape
+        return scratch.view(out_channels, height, width, in_channels).permute(0, 3, 1, 2).copy_(weight)
+    return scratch.view(weight.shape).copy_(weight)
 
 
 def drop_scratch() -> None:
