@@ -230,3 +230,14 @@ def test_each_option_runs_end_to_end(checkpoint, baseline, tmp_path, options, ma
         assert np.abs(image - baseline).max() <= max_difference
     else:
         assert np.abs(image - baseline).max() > 0 and recorded in infotext
+
+
+def test_a_short_lived_command_flushes_everything_it_printed_and_exits_with_its_code(tmp_path):
+    """ldm/cli/short_lived.py ends the process without the interpreter's teardown: nothing printed may be lost."""
+    script = ("import logging, sys\nfrom ldm.cli.short_lived import run_short_lived\n"
+              "def main():\n    print('x' * 100_000, end='')\n    print('y' * 100_000, end='', file=sys.stderr)\n"
+              "    logging.basicConfig(filename=sys.argv[1])\n    logging.getLogger('ldm').warning('logged')\n"
+              "    return 3\nrun_short_lived(main)\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "log")], capture_output=True, text=True)
+    assert result.returncode == 3 and result.stdout == "x" * 100_000 and result.stderr == "y" * 100_000
+    assert "logged" in (tmp_path / "log").read_text()

@@ -133,10 +133,11 @@ def test_approx_is_a1111_s_linear_map_upscaled():
 @pytest.mark.skipif(not BUILTIN_TAESD.is_file(), reason="the built-in TAESD is not in this checkout")
 def test_the_built_in_model_previews_and_decodes_with_its_own_taesd():
     pipe = Pipeline.load(device="cpu")
-    assert pipe.taesd is not None and pipe.taesd.config.downscale == pipe.model.config.vae.downscale
+    assert pipe.taesd is None and pipe.taesd_file == BUILTIN_TAESD  # loaded on first use: most commands never preview
     assert not torch.equal(approx_rgb(pipe.source), approx_rgb(None))  # its own fitted map, not SD v1's
     request = pipe.request(prompt="a large red circle at the top left on a white background", seed=0)
     full, fast = (pipe.generate(request.replace(vae_decoder=d), progress=False) for d in ("full", "taesd"))
+    assert pipe.taesd.config.downscale == pipe.model.config.vae.downscale
     a, b = (np.asarray(r.images[0]).astype(float) / 255 for r in (full, fast))
     assert 10 * np.log10(1 / ((a - b) ** 2).mean()) > 20  # dB against the full decoder
 

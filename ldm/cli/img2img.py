@@ -4,10 +4,10 @@ outpainting), written as PNGs carrying their generation settings. Every ldm-txt2
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from ldm.cli.short_lived import run_short_lived
 from ldm.cli.txt2img import common_parser, execute
 from ldm.errors import LdmError
 
@@ -64,5 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser(), argv, read_inputs)
 
 
+def console() -> NoReturn:
+    """The console script: main() in a short-lived process (ldm/cli/short_lived.py)."""
+    run_short_lived(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

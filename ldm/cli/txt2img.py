@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ldm.cli.from_file import add_from_file_options, run_from_file
 from ldm.cli.parser import OneLineParser
 from ldm.cli.preview_options import add_preview_options, check_preview_options, preview_file
 from ldm.cli.prompt_options import add_prompt_options, apply_prompt_options
+from ldm.cli.short_lived import run_short_lived
 from ldm.errors import LdmError
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -192,5 +193,10 @@ def _check_outdir(outdir: Path) -> None:
         raise LdmError(f"cannot write images into {outdir}; choose a writable --outdir")
 
 
+def console() -> NoReturn:
+    """The console script: main() in a short-lived process (ldm/cli/short_lived.py)."""
+    run_short_lived(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

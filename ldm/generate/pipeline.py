@@ -79,6 +79,7 @@ class Pipeline:
         self.lora_dir_confined = False  # True: prompt tags reach only files inside lora_dir (a server's setting)
         self.taesd: TAESD | None = None  # previews and --vae-decoder taesd (ldm/generate/tiny_decoder.py)
         self.preview_taesd: TAESD | None = None  # its bfloat16 copy for previews, on CPUs with native bfloat16
+        self.taesd_file: Path | None = None  # a TAESD that loads on first use: the built-in model's
 
     @classmethod
     def load(
