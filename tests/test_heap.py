@@ -52,3 +52,27 @@ def test_the_generation_step_releases_after_each_banded_block_and_only_while_it_
     finally:
         heap.release_free_memory = original
     assert calls == [1, 1]
+
+
+# In a fresh process: where a 24 MiB tensor (an activation's size) lives: in a mapping of its own, as glibc serves
+# a first large block (and unmaps it when freed: its pages come fresh from the kernel each time), or in the heap.
+REUSE = """
+import sys, torch
+from ldm.cpu.heap import reuse_freed_memory
+reused = reuse_freed_memory() if sys.argv[1] == "reuse" else None
+def mapping_of(address):
+    for line in open("/proc/self/maps"):
+        span, *rest = line.split()
+        low, high = (int(a, 16) for a in span.split("-"))
+        if low <= address < high:
+            return rest[-1] if len(rest) == 5 else "its own"
+kept = torch.ones(6 * 2**20)
+print(reused, mapping_of(kept.data_ptr()))
+"""
+
+
+@pytest.mark.skipif(_glibc() is None, reason="mallopt is glibc's")
+def test_a_large_allocation_comes_from_the_heap_where_freed_memory_is_reused():
+    out = {mode: subprocess.run([sys.executable, "-c", REUSE, mode], check=True, capture_output=True,
+                                text=True).stdout.split() for mode in ("reuse", "default")}  # fmt: skip
+    assert out == {"reuse": ["True", "[heap]"], "default": ["None", "its", "own"]}

@@ -4,7 +4,8 @@ The model files (ldm/models/) read like the CompVis code; the tricks live here a
 children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py; TAESD's upsample-and-conv pairs
 too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), with `pack`, weights reordered for oneDNN and
 fused GEGLUs (ldm/cpu/packing.py), and with `int8`, 8-bit weights (ldm/cpu/int8.py); embedding tables that
-can stay as the file has them (ldm/cpu/looked_up.py).
+can stay as the file has them (ldm/cpu/looked_up.py); the U-Net's attention in blocks of scores where it computes
+bfloat16 (ldm/cpu/blocked_attention.py).
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from __future__ import annotations
 from torch import nn
 
 from ldm.cpu.banded import BandedResnetBlock
+from ldm.cpu.blocked_attention import BlockedAttention
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
 from ldm.cpu.int8 import quantize_weights
 from ldm.cpu.looked_up import LookedUpEmbedding
 from ldm.cpu.packing import pack_weights, unpack_weights
 from ldm.models.layers import Upsample
+from ldm.models.unet import CrossAttention
 from ldm.models.vae import ResnetBlock
 
-SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock, nn.Embedding: LookedUpEmbedding}
+SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock, nn.Embedding: LookedUpEmbedding,
+         CrossAttention: BlockedAttention}  # fmt: skip
 
 
 def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Module:
@@ -44,6 +48,7 @@ def swap_out(model: nn.Module) -> nn.Module:
     unpack_weights(model)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential, LookedUpEmbedding)):
+            if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential, LookedUpEmbedding,
+                                  BlockedAttention)):  # fmt: skip
                 setattr(parent, name, child.plain())
     return model

@@ -24,7 +24,7 @@ from ldm.checkpoints.build import Model, load_model
 from ldm.checkpoints.hashing import model_hash
 from ldm.config import ModelConfig
 from ldm.cpu.banded import BandedResnetBlock, in_bands
-from ldm.cpu.heap import released_after_each
+from ldm.cpu.heap import released_after_each, reuse_freed_memory
 from ldm.cpu.int8 import QUANTIZE, int8_available, say_unavailable
 from ldm.cpu.packing import settle_dtype
 from ldm.cpu.swap_in import swap_in, swap_out
@@ -133,6 +133,8 @@ class Pipeline:
         # Packed copies live in CPU memory: not for offload (the CPU copy visits the device). Layers that will pack
         # keep the file's weights as read until they do (settle_dtype): one conversion, at packing.
         pack = pack and device.type == "cpu" and not offload and not compile
+        if device.type == "cpu":
+            reuse_freed_memory()  # large activations reuse freed heap memory, not fresh pages (ldm/cpu/heap.py)
         model = load_model(path, config=config, dtype=dtype, device="cpu" if offload else device,
                            as_read=COMPONENTS if pack or int8 else ())  # fmt: skip
         # The VAE decoder overflows in float16 on some images; it starts in the model dtype and retries in float32.
