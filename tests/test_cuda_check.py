@@ -29,6 +29,8 @@ def test_the_dry_run_reports_every_section(tmp_path):
     assert all(row["max_pixel_difference"] <= 2 for row in report["sections"]["attention"])
     assert report["sections"]["speed"][0]["ours"] > 0 and report["sections"]["first_image"][0]["ours"] > 0
     assert report["sections"]["vae_fallback"][0]["max_difference"] < 1e-4
+    taesd = report["sections"]["taesd"][0]
+    assert taesd["ours"] > 0 and taesd["ours_over_full_vae"] > 0 and taesd["relative_difference"] < 1e-5
     text = (out / "report.md").read_text()
     assert text.startswith("# CUDA check on CPU (dry run)") and "## memory" in text
 

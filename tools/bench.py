@@ -454,24 +454,31 @@ def sdcpp_rows(args, row: Callable[..., None]) -> None:
         row(f"{line}: peak RSS (GiB)", *(max(r[i]["rss"] for r in runs) for i in (0, 1)))
 
 
+def taesd_pair():
+    """diffusers' AutoencoderTiny (SD v1's) with random weights, and our TAESD holding the same ones."""
+    from diffusers import AutoencoderTiny
+
+    from ldm.checkpoints.taesd import from_diffusers
+    from ldm.models.taesd import TAESD, TAESDConfig
+
+    torch.manual_seed(0)
+    theirs = AutoencoderTiny().eval()
+    with torch.device("meta"):
+        ours = TAESD(TAESDConfig())
+    ours.load_state_dict(from_diffusers(theirs.state_dict()), assign=True)
+    return theirs, ours
+
+
 def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     """TAESD (SD v1's, random weights shared through the key table) decoding beside diffusers' AutoencoderTiny,
     with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
     generation: the previews' measured time over the generation's, built from the measured U-Net step and VAE
     decode (a whole 512x512 generation per side and repeat would take many minutes on a CPU)."""
-    from diffusers import AutoencoderTiny
-
-    from ldm.checkpoints.taesd import from_diffusers
     from ldm.cpu.bf16 import native_bfloat16
     from ldm.generate.preview import picture
     from ldm.generate.tiny_decoder import fitted, taesd_decode
-    from ldm.models.taesd import TAESD, TAESDConfig
 
-    torch.manual_seed(0)
-    their_tiny = AutoencoderTiny().eval()
-    with torch.device("meta"):
-        tiny = TAESD(TAESDConfig())
-    tiny.load_state_dict(from_diffusers(their_tiny.state_dict()), assign=True)
+    their_tiny, tiny = taesd_pair()
     # As Pipeline.load fits one, with the bfloat16 copy its previews use on CPUs with native bfloat16.
     preview_copy = fitted(copy.deepcopy(tiny).to(torch.bfloat16), ours.device) if native_bfloat16() else None
     ours.taesd, ours.preview_taesd = fitted(tiny, ours.device), preview_copy

@@ -8,7 +8,8 @@ parity (euler_a and dpmpp_2m, 20 steps, guidance 7.5, one seed: ours float16 vs 
 vs ours float32), attention backends (same image within float16 noise, speed, peak memory), speed (U-Net it/s
 with CFG at batch 1, 50-step end to end, launch to the first image), memory (peak max_memory_allocated for one
 image, model and sequential offload beside diffusers' enable_model_cpu_offload / enable_sequential_cpu_offload,
-a tiled 2048x2048 decode), the VAE's float16 overflow fallback against the float32 decode, and --compile.
+a tiled 2048x2048 decode), the VAE's float16 overflow fallback against the float32 decode, TAESD's decode beside
+diffusers' AutoencoderTiny and our full VAE, and --compile.
 
 Each section is timed against --minutes: what does not fit is reported as skipped, and a section that fails is
 reported with its error; the report is written either way. Prerequisites are checked first, in one line each.
@@ -206,6 +207,25 @@ def vae_fallback(run: Run) -> list[dict]:
              "max_difference": float((image - expected).abs().max())}]  # fmt: skip
 
 
+def tiny_decoder(run: Run) -> list[dict]:
+    """TAESD (random weights in diffusers' AutoencoderTiny, shared through the key table) decoding one latent, beside
+    diffusers' AutoencoderTiny and our full VAE decode, in the run's dtype; and the two TAESDs' difference."""
+    from ldm.generate.tiny_decoder import fitted
+
+    pipe = run.ours()
+    theirs, tiny = bench.taesd_pair()
+    theirs, tiny = theirs.to(run.device, run.half), fitted(tiny.to(run.device, run.half), run.device)
+    z = torch.randn(1, 4, run.size // 8, run.size // 8, generator=torch.Generator().manual_seed(0))
+    z = z.to(run.device, run.half)
+    with torch.inference_mode():
+        mine, their = run.timed(lambda: tiny.decode(z)), run.timed(lambda: theirs.decode(z))
+        full = run.timed(lambda: pipe.decode(z))
+        difference = bench.relative_error(tiny.decode(z).float(), theirs.decode(z).sample.float())
+    return [{"check": f"TAESD decode, {run.size}x{run.size} (s)", "ours": mine, "diffusers": their,
+             "ours_over_diffusers": mine / their, "ours_over_full_vae": mine / full,
+             "relative_difference": difference}]  # fmt: skip
+
+
 def compiled(run: Run) -> list[dict]:
     started = time.perf_counter()
     eager, pipe = run.ours(), run.ours(compile=True)
@@ -222,7 +242,7 @@ def compiled(run: Run) -> list[dict]:
 
 
 SECTIONS = {"parity": parity, "attention": attention_backends, "speed": unet_speed, "end_to_end": end_to_end,
-            "first_image": first_image, "memory": memory, "vae_fallback": vae_fallback,
+            "first_image": first_image, "memory": memory, "vae_fallback": vae_fallback, "taesd": tiny_decoder,
             "compile": compiled}  # fmt: skip
 
 
