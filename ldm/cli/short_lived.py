@@ -5,7 +5,7 @@ Python's cyclic garbage collector walks every tracked object in its full passes;
 hundreds of thousands of them, and loading a model (the tokenizer's vocabulary alone) triggers such passes. The
 objects the imports made live until the exit anyway, so `gc.freeze()` sets them aside. When the command has written
 its files and printed its lines, a normal exit would still finalize every module and free every tensor one by one
-(importing PyTorch alone leaves a third of a second of that); the command instead leaves straight after flushing
+(importing PyTorch alone leaves much of that); the command instead leaves straight after flushing
 what it printed: its files are closed by then, and nothing of its runs in another thread.
 `main()` itself is untouched, for callers in Python (and the tests) that stay in their process.
 """

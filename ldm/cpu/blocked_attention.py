@@ -1,9 +1,10 @@
 """bfloat16 attention on a CPU as oneDNN matmuls over blocks of scores small enough to stay in the cache.
 
-On a CPU with avx512_bf16 but no AMX, PyTorch's flash-attention kernel computes bfloat16 no faster than float32:
-about a third of a bfloat16 U-Net step at 512x512. Its two products are matmuls that oneDNN runs natively in
-bfloat16, so here they run as torch.bmm over a block of heads and query rows at a time: q k^T for the block,
-its softmax, and the product with v, while the block's scores (SCORES_PER_BLOCK of them) are still in the cache.
+On a CPU with avx512_bf16 but no AMX, PyTorch's flash-attention kernel computes bfloat16 no faster than float32,
+and attention is then the largest part of a bfloat16 U-Net step at 512x512. Its two products are matmuls that
+oneDNN runs natively in bfloat16, so here they run as torch.bmm over a block of heads and query rows at a time:
+q k^T for the block, its softmax, and the product with v, while the block's scores (SCORES_PER_BLOCK of them) are
+still in the cache.
 Blocked, the whole score matrix never exists; unblocked, its traffic to memory made the same three calls slower
 than the flash kernel. The scores are rounded to bfloat16 before the softmax (a CPU bmm of bfloat16 returns
 bfloat16), which adds a little to the error of a bfloat16 U-Net (tools/bench.py's bf16 lines report it).

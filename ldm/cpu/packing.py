@@ -145,8 +145,8 @@ class PackedLayer(nn.Module):
 
 
 class PackedConv2d(PackedLayer):
-    # oneDNN reorders a channels-last (o, h, w, i) weight into its blocked layout in about half the time of a
-    # plain one, into the same packed copy: the first image pays that reorder for every conv.
+    # oneDNN reorders a channels-last (o, h, w, i) weight into its blocked layout faster than a plain one, into
+    # the same packed copy: the first image pays that reorder for every conv.
     packs_from_channels_last = True
 
     def __init__(self, conv: nn.Conv2d):
