@@ -61,7 +61,7 @@ def blocked_attention(q: Tensor, k: Tensor, v: Tensor, heads: int) -> Tensor:
     (b, n, c), m = q.shape, k.shape[1]
     d = c // heads
     # (B * heads, tokens, d), each head's rows contiguous for the matmuls; the scale goes into q's copy.
-    qh = torch.empty(b, heads, n, d, dtype=q.dtype)
+    qh = torch.empty(b, heads, n, d, dtype=q.dtype, device=q.device)
     torch.mul(q.view(b, n, heads, d).transpose(1, 2), d**-0.5, out=qh)
     qh, kh, vh = (t.reshape(b * heads, -1, d) for t in (qh, *(u.view(b, m, heads, d).transpose(1, 2) for u in (k, v))))
     out = torch.empty_like(qh)

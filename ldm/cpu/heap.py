@@ -3,9 +3,9 @@
 glibc serves a large allocation with a fresh mmap and unmaps it when freed (from 128 KiB, a threshold that rises
 as such blocks are freed), and gives the heap's free top back at each free past a trim threshold: either way the
 next large activation is zero-filled page by page again by the kernel, on every U-Net call (the README has the
-figures). `reuse_freed_memory()` (a CPU pipeline's load calls it) serves every allocation
-below 32 MiB, glibc's most, from the heap and keeps what is freed there for the next one, until the trims below
-hand it back. (With no mmap at all, blocks above that split the heap into pieces and were slower.)
+figures). `reuse_freed_memory()` (a CPU pipeline's load calls it) serves every allocation below 32 MiB, glibc's
+most, from the heap and keeps what is freed there for the next one, until the trims below hand it back. (With no
+mmap at all, blocks above that split the heap into pieces and were slower.)
 
 glibc keeps memory freed in the middle of its heap resident until something asks for it back. After sampling,
 a 512x512 generation's heap holds 0.1-0.3 GiB of the U-Net's freed activations, and the VAE decode that
