@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 TOOLS = Path(__file__).parents[1] / "tools"
@@ -49,3 +50,10 @@ def test_without_a_gpu_the_real_run_says_what_is_missing(tmp_path):
                             text=True)  # fmt: skip
     assert result.returncode == 2 and not (tmp_path / "r").exists()
     assert result.stderr.splitlines()[0].startswith("cuda_check: no CUDA GPU")
+
+
+def test_an_unknown_section_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cuda_check.main([str(tmp_path / "report"), "--dry-run", "--cache", str(tmp_path), "--only", "parity,tasd"])
+    assert exit_.value.code == 2 and "unknown --only sections ['tasd']" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

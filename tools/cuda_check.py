@@ -220,10 +220,10 @@ def tiny_decoder(run: Run) -> list[dict]:
     with torch.inference_mode():
         mine, their = run.timed(lambda: tiny.decode(z)), run.timed(lambda: theirs.decode(z))
         full = run.timed(lambda: pipe.decode(z))
-        difference = bench.relative_error(tiny.decode(z).float(), theirs.decode(z).sample.float())
+        relative = bench.relative_error(tiny.decode(z).float(), theirs.decode(z).sample.float())
     return [{"check": f"TAESD decode, {run.size}x{run.size} (s)", "ours": mine, "diffusers": their,
              "ours_over_diffusers": mine / their, "ours_over_full_vae": mine / full,
-             "relative_difference": difference}]  # fmt: skip
+             "relative_difference": relative}]  # fmt: skip
 
 
 def compiled(run: Run) -> list[dict]:
@@ -283,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("bench"), help="where the random weights are kept")
     parser.add_argument("--only", type=lambda s: s.split(","), default=list(SECTIONS), help=",".join(SECTIONS))
     args = parser.parse_args(argv)
+    if unknown := sorted(set(args.only) - set(SECTIONS)):
+        parser.error(f"unknown --only sections {unknown}; choose from {','.join(SECTIONS)}")
     if problems := missing(args.dry_run):
         for line in problems:
             print(f"cuda_check: {line}", file=sys.stderr)
