@@ -9,8 +9,7 @@ from pathlib import Path
 TOOLS = Path(__file__).parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 import bench  # noqa: E402
-
-from ldm.cpu.bf16 import native_bfloat16  # noqa: E402
+from ldm.cpu.features import native_bfloat16  # noqa: E402
 
 
 def test_in_process_lines_on_a_tiny_model(tmp_path, capsys):

@@ -48,6 +48,7 @@ from ldm.checkpoints.read import PREFIXES
 from ldm.config import ModelConfig, TextEncoderConfig
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential
 from ldm.cpu.int8 import int8_available
+from ldm.cpu.packing import packing_available
 from ldm.models.text_encoder import TextEncoder
 from ldm.models.unet import UNetModel
 from ldm.models.vae import AutoencoderKL
@@ -233,14 +234,24 @@ def alternate(ours: Callable[[], object], theirs: Callable[[], object], repeats:
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
-    """FLOP/s of a large square matmul: the floor every line is compared with."""
+    """FLOP/s of a large square matmul, the floor every line is compared with: the faster of torch.mm and oneDNN's
+    matmul (the packed layers' op). On a CPU not Intel's, a float32 torch.mm is MKL's, which runs narrower kernels
+    there (ldm/cpu/features.py)."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
+    products = [lambda: a @ b]
+    if packing_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(b)  # a @ b^T: the same multiply-adds
+        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""))
+    return max(_rate(product, 2 * n**3, seconds / len(products)) for product in products)
+
+
+def _rate(product: Callable[[], object], flop: int, seconds: float) -> float:
+    product()
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b
+        product()
         count += 1
-    return 2 * n**3 * count / (time.perf_counter() - started)
+    return flop * count / (time.perf_counter() - started)
 
 
 # The packed layers' oneDNN ops (ldm/cpu/packing.py) do the same multiply-adds as the aten ops they replace.
@@ -251,7 +262,9 @@ def _packed_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int
 
 @register_flop_formula(torch.ops.mkldnn._linear_pointwise, get_raw=True)
 def _packed_linear_flops(x, *args, out_val=None, **kwargs) -> int:
-    weight = next(a for a in args if a.is_mkldnn)  # .binary(x, other, weight, ...) has a second input first
+    # A packed weight, or a plain one first (blocked float32 attention's x @ w^T); .binary(x, other, weight, ...)
+    # has a second input before its packed weight.
+    weight = next((a for a in args if isinstance(a, torch.Tensor) and a.is_mkldnn), args[0])
     return 2 * math.prod(x.shape) * weight.shape[0]
 
 
@@ -406,7 +419,7 @@ def openvino_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     bfloat16 hint (its default on CPUs with native bfloat16); each side's error against our float32."""
     import openvino
 
-    from ldm.cpu.bf16 import native_bfloat16
+    from ldm.cpu.features import native_bfloat16
 
     single, _ = weights(args.model, args.cache)
     context, t = ours.encode(PROMPTS, 1), torch.tensor([500, 500])
@@ -474,7 +487,7 @@ def taesd_rows(ours, theirs, args, row: Callable[..., None]) -> None:
     with its time against our full VAE's; and what `--preview taesd --preview-every 5` adds to a 20-step
     generation: the previews' measured time over the generation's, built from the measured U-Net step and VAE
     decode (a whole 512x512 generation per side and repeat would take many minutes on a CPU)."""
-    from ldm.cpu.bf16 import native_bfloat16
+    from ldm.cpu.features import native_bfloat16
     from ldm.generate.preview import picture
     from ldm.generate.tiny_decoder import fitted, taesd_decode
 

@@ -18,12 +18,12 @@ import functools
 import logging
 import math
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldm.cpu.features import cpu_flags
 from ldm.cpu.packing import FusedGEGLU, PackedConv2d, PackedLinear, packing_available
 from ldm.models.unet import GEGLU
 
@@ -39,12 +39,7 @@ warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor", categor
 @functools.cache
 def int8_available() -> str | None:
     """None when this CPU and torch compute int8 convs natively; otherwise why not, in a few words."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    if not any(flag in flags for flag in VNNI_FLAGS):
+    if not any(flag in cpu_flags() for flag in VNNI_FLAGS):
         return "this CPU has no VNNI (avx512_vnni, avx_vnni or amx_int8)"
     if not packing_available() or not all(hasattr(torch.ops.onednn, op) for op in ONEDNN_OPS):
         return "this torch lacks oneDNN's int8 ops"

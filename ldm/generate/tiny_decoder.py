@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ldm.checkpoints.taesd import load_taesd
-from ldm.cpu.bf16 import native_bfloat16
+from ldm.cpu.features import native_bfloat16
 from ldm.cpu.swap_in import swap_in
 from ldm.errors import ConfigError
 from ldm.models.taesd import TAESD
