@@ -11,7 +11,7 @@ from ldm.checkpoints.convert import write_single_file
 from ldm.cpu.packing import FusedGEGLU, PackedLayer
 from ldm.cpu.swap_in import swap_out
 
-EDITS = {  # a packed 3x3 conv, a fused GEGLU projection, a 1x1 conv (never packed), a norm
+EDITS = {  # a packed 3x3 conv, a fused GEGLU projection, a 1x1 projection (packed as a linear layer), a norm
     "out.2.weight": 0.5,
     "input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight": 1.5,
     "input_blocks.1.1.proj_in.weight": -1.0,

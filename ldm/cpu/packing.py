@@ -5,7 +5,8 @@ into its blocked layout on every call. For the U-Net's 1280-channel 3x3 convs at
 of the call. `pack_weights(model)` swaps every 3x3 Conv2d and every Linear for a layer that reorders its weight
 on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy: loading stays as fast,
 and the first call pays the reorders and the new memory once more (1-2 s for SD v1's U-Net here). 1x1 convs are
-left alone: packed, they were no faster. A GEGLU feed-forward packs as one fused layer (FusedGEGLU).
+left alone: packed, they were no faster; the transformers' 1x1 projections pack as the linear layers they are on
+tokens (PackedPointwiseConv). A GEGLU feed-forward packs as one fused layer (FusedGEGLU).
 
 A packed layer still answers `.weight`: reading it unpacks the layer (the dense Parameter is back, to read or
 edit in place) and the next call packs again. It saves and loads its dense `weight` (`state_dict`), and `.to()`,
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from ldm.cpu.heap import IDLE_BUFFERS
 from ldm.cpu.looked_up import LookedUpEmbedding
+from ldm.cpu.token_projection import PointwiseConv
 from ldm.models.unet import GEGLU
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
@@ -191,6 +193,33 @@ class PackedLinear(PackedLayer):
         return linear
 
 
+class PackedPointwiseConv(PackedLinear):
+    """A PointwiseConv (ldm/cpu/token_projection.py) packed as the linear layer it computes on tokens; its weight
+    stays (C_out, C_in, 1, 1) to anyone who reads it."""
+
+    def pack(self, weight: Tensor, x: Tensor) -> tuple[Tensor]:
+        return (torch.ops.mkldnn._reorder_linear_weight(weight.flatten(1)),)
+
+    def plain_forward(self, x: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(x, weight, self.bias) if x.dim() == 4 else F.linear(x, weight.flatten(1), self.bias)
+
+    def packed_forward(self, x: Tensor, packed: tuple[Tensor, ...]) -> Tensor:
+        if x.dim() == 4:  # a map, not tokens
+            return self.plain_forward(x, self.dense_weight())
+        return super().packed_forward(x, packed)
+
+    def dense_weight(self) -> Tensor:
+        weight = super().dense_weight()
+        return weight.view(*weight.shape, 1, 1) if weight.dim() == 2 else weight
+
+    def to_plain(self) -> PointwiseConv:
+        weight = self.dense_weight()
+        with torch.device("meta"):
+            conv = PointwiseConv(weight.shape[1], weight.shape[0], 1, bias=self.bias is not None)
+        conv.weight, conv.bias = nn.Parameter(weight, weight.requires_grad), self.bias
+        return conv
+
+
 class PackedGEGLU(PackedLinear):
     """A GEGLU's projection, rows [value; gate], returning value * gelu(gate) itself: the GELU and the product run
     inside the two matmuls (oneDNN post-ops), with no (tokens, 2 x inner) intermediate."""
@@ -294,6 +323,8 @@ def pack_weights(model: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             if type(child) is GEGLU:
                 setattr(parent, name, FusedGEGLU.replacing(child))
+            elif type(child) is PointwiseConv:
+                setattr(parent, name, PackedPointwiseConv(child))
             elif type(child) in (nn.Conv2d, nn.Linear) and _packable(child):
                 packed = PackedConv2d(child) if isinstance(child, nn.Conv2d) else PackedLinear(child)
                 setattr(parent, name, packed)

@@ -4,8 +4,8 @@ The model files (ldm/models/) read like the CompVis code; the tricks live here a
 children, so the same state-dict keys: folded upsampling (ldm/cpu/folded.py; TAESD's upsample-and-conv pairs
 too), VAE ResnetBlocks in bands of rows (ldm/cpu/banded.py), with `pack`, weights reordered for oneDNN and
 fused GEGLUs (ldm/cpu/packing.py), and with `int8`, 8-bit weights (ldm/cpu/int8.py); embedding tables that
-can stay as the file has them (ldm/cpu/looked_up.py); the U-Net's attention in blocks of scores where it computes
-bfloat16 (ldm/cpu/blocked_attention.py).
+can stay as the file has them (ldm/cpu/looked_up.py); the U-Net's attention in blocks of scores on oneDNN's matmuls
+(ldm/cpu/blocked_attention.py); its transformers' 1x1 projections as linear layers (ldm/cpu/token_projection.py).
 """
 
 from __future__ import annotations
@@ -18,22 +18,24 @@ from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
 from ldm.cpu.int8 import quantize_weights
 from ldm.cpu.looked_up import LookedUpEmbedding
 from ldm.cpu.packing import pack_weights, unpack_weights
+from ldm.cpu.token_projection import TokenProjectedTransformer
 from ldm.models.layers import Upsample
-from ldm.models.unet import CrossAttention
+from ldm.models.unet import CrossAttention, SpatialTransformer
 from ldm.models.vae import ResnetBlock
 
 SWAPS = {Upsample: FoldedUpsample, ResnetBlock: BandedResnetBlock, nn.Embedding: LookedUpEmbedding,
-         CrossAttention: BlockedAttention}  # fmt: skip
+         CrossAttention: BlockedAttention, SpatialTransformer: TokenProjectedTransformer}  # fmt: skip
 
 
 def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Module:
     """Replace `model`'s modules by their faster equals, in place; `pack` also packs weights (a CPU without
     offload: the packed copies live in CPU memory); `int8` quantizes its convs and linear layers first
     (ldm/cpu/int8.py), and the layers left float pack."""
+    swaps = {k: v for k, v in SWAPS.items() if not (int8 and v is TokenProjectedTransformer)}  # int8 quantizes 1x1s
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) in SWAPS:
-                setattr(parent, name, SWAPS[type(child)].replacing(child))
+            if type(child) in swaps:
+                setattr(parent, name, swaps[type(child)].replacing(child))
             elif folds_pairs(child):
                 setattr(parent, name, FoldingSequential.replacing(child))
     if int8:
@@ -49,6 +51,6 @@ def swap_out(model: nn.Module) -> nn.Module:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, (FoldedUpsample, BandedResnetBlock, FoldingSequential, LookedUpEmbedding,
-                                  BlockedAttention)):  # fmt: skip
+                                  BlockedAttention, TokenProjectedTransformer)):  # fmt: skip
                 setattr(parent, name, child.plain())
     return model
