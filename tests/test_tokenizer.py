@@ -49,6 +49,16 @@ def test_shipped_vocabulary_is_open_clips_copy_of_openais_file():
     assert gzip.decompress(VOCAB_FILE.read_bytes()) == gzip.decompress(open_clip_file(VOCAB_FILE.name).read_bytes())
 
 
+def test_a_merges_token_is_the_vocabularys_entry_512_plus_its_rank_and_no_token_appears_twice(tokenizer):
+    """What BPE relies on to name its tokens without the vocabulary's lookup table."""
+    vocab = tokenizer.vocab
+    assert len(set(vocab)) == len(vocab) == 49408
+    assert all(vocab[512 + rank] == merge.replace(" ", "") for rank, merge in enumerate(tokenizer.merges))
+    assert (vocab[tokenizer.start], vocab[tokenizer.end]) == ("<|startoftext|>", "<|endoftext|>")
+    word = tokenizer.encode("photography, unbelievably")
+    assert word == [tokenizer.ids[t] for t in ("photography</w>", ",</w>", "unbelievably</w>")]
+
+
 def test_known_ids_and_shape(tokenizer):
     ids = tokenizer(["a photo of a cat", "a dog"])
     assert ids.dtype == torch.long and ids.shape == (2, 77)

@@ -658,8 +658,9 @@ NOTES = {
 def table(rows: list[dict]) -> str:
     header, *rows = rows
     rates = ", ".join(f"{k.removesuffix('_gflops')} {v:.0f} GFLOP/s" for k, v in header.items() if "gflops" in k)
-    lines = [f"Model `{header['model']}`, {header['threads']} threads; matmul {rates}.", "",
-             "| line | ours | diffusers | ours / diffusers | floor | ours / floor | notes |",
+    lines = [f"Model `{header['model']}`, {header['threads']} threads; matmul {rates}.",
+             "Theirs: diffusers', or the peer's that the line names.", "",
+             "| line | ours | theirs | ours / theirs | floor | ours / floor | notes |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         floor = f"{r['floor']:.3f} | {r['floor_ratio']:.2f}" if r["floor"] else "- | -"

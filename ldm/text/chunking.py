@@ -41,7 +41,7 @@ def chunk_prompt(
     chunks: list[Chunk] = []
     current = Chunk()
     last_comma = -1
-    comma = tokenizer.ids[",</w>"]
+    (comma,) = tokenizer.encode(",")
 
     def close() -> None:
         nonlocal current, last_comma

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import unicodedata
 import zlib
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import torch
@@ -83,12 +83,20 @@ class Tokenizer:
     def __init__(self, length: int = 77):
         self.length = length
         self.merges = load_merges()
-        self.vocab = build_vocab(self.merges)
-        self.ids = {token: i for i, token in enumerate(self.vocab)}
         self.ranks = {pair: i for i, pair in enumerate(self.merges)}  # keyed by "first second"
-        self.start, self.end = self.ids[START], self.ids[END]
         self._bytes = byte_characters()
+        self._char_ids = {c: i for i, c in enumerate(self._bytes.values())}  # the vocabulary's first 256
+        self.start, self.end = 512 + len(self.merges), 513 + len(self.merges)
         self._word_ids = lru_cache(maxsize=1 << 16)(self._bpe_ids)
+
+    # BPE itself needs neither: a merge's token has the id 512 + its rank (the vocabulary holds no token twice).
+    @cached_property
+    def vocab(self) -> list[str]:
+        return build_vocab(self.merges)
+
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        return {token: i for i, token in enumerate(self.vocab)}
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else texts
@@ -107,6 +115,7 @@ class Tokenizer:
 
     def _bpe_ids(self, word: str) -> tuple[int, ...]:
         parts = [*word[:-1], word[-1] + "</w>"]
+        ids = [*(self._char_ids[c] for c in word[:-1]), 256 + self._char_ids[word[-1]]]  # a byte; one ending a word
         while len(parts) > 1:
             pairs = [
                 (self.ranks.get(f"{a} {b}", len(self.ranks)), i)
@@ -116,16 +125,18 @@ class Tokenizer:
             if rank == len(self.ranks):
                 break
             first, second = parts[i], parts[i + 1]
-            merged, i = [], 0
+            merged, merged_ids, i = [], [], 0
             while i < len(parts):  # merge every occurrence of the best pair, left to right
                 if i < len(parts) - 1 and parts[i] == first and parts[i + 1] == second:
                     merged.append(first + second)
+                    merged_ids.append(512 + rank)
                     i += 2
                 else:
                     merged.append(parts[i])
+                    merged_ids.append(ids[i])
                     i += 1
-            parts = merged
-        return tuple(self.ids[p] for p in parts)
+            parts, ids = merged, merged_ids
+        return tuple(ids)
 
     def save_pretrained(self, folder: Path) -> None:
         """Write the vocabulary as a transformers CLIPTokenizer folder (for diffusers-layout exports)."""
