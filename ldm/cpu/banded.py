@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ldm.cpu.moved import moved
 from ldm.models.layers import silu_
 from ldm.models.vae import ResnetBlock
 
@@ -21,10 +22,10 @@ class BandedResnetBlock(ResnetBlock):
 
     @classmethod
     def replacing(cls, plain: ResnetBlock) -> BandedResnetBlock:
-        return _moved(plain, cls)
+        return moved(plain, cls)
 
     def plain(self) -> ResnetBlock:
-        return _moved(self, ResnetBlock)
+        return moved(self, ResnetBlock)
 
     def forward(self, x: Tensor) -> Tensor:
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
@@ -34,15 +35,6 @@ class BandedResnetBlock(ResnetBlock):
         scale, shift = group_norm_affine(h, self.norm2)
         h = self.conv2(silu_(h.mul_(scale).add_(shift)))  # h is this block's own
         return h.add_(self.nin_shortcut(x))
-
-
-def _moved(block: ResnetBlock, kind: type[ResnetBlock]) -> ResnetBlock:
-    """A `kind` block holding `block`'s children (no weight is copied)."""
-    with torch.device("meta"):
-        new = kind(block.conv1.in_channels, block.conv1.out_channels, block.norm1.num_groups)
-    for name, child in block.named_children():
-        setattr(new, name, child)
-    return new
 
 
 BAND_ROWS = 64  # output rows a banded conv computes at once, from its input rows and one more on each side

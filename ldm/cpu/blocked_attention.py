@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ldm.cpu.features import amx, mkl_narrower_than_onednn, native_bfloat16
+from ldm.cpu.moved import moved
 from ldm.cpu.packing import packing_available
 from ldm.models.unet import CrossAttention
 
@@ -32,10 +33,10 @@ SHORT_ROWS = 128
 class BlockedAttention(CrossAttention):
     @classmethod
     def replacing(cls, plain: CrossAttention) -> BlockedAttention:
-        return _moved(plain, cls)
+        return moved(plain, cls)
 
     def plain(self) -> CrossAttention:
-        return _moved(self, CrossAttention)
+        return moved(self, CrossAttention)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         context = x if context is None else context
@@ -43,16 +44,6 @@ class BlockedAttention(CrossAttention):
             return super().forward(x, context)
         q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
         return self.to_out(blocked_attention(q, k, v, self.heads))
-
-
-def _moved(attention: CrossAttention, kind: type[CrossAttention]) -> CrossAttention:
-    """A `kind` attention holding `attention`'s children and settings (no weight is copied)."""
-    with torch.device("meta"):
-        new = kind(attention.to_q.in_features, attention.to_k.in_features, attention.heads)
-    for name, child in attention.named_children():
-        setattr(new, name, child)
-    new.attention_backend = attention.attention_backend
-    return new
 
 
 def blocked(x: Tensor, context: Tensor, backend: str) -> bool:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldm.cpu.moved import moved
 from ldm.cpu.packing import SWAPPING, PackedConv2d, PackedLayer
 from ldm.models.layers import Upsample
 
@@ -29,16 +30,10 @@ class FoldedUpsample(Upsample):
 
     @classmethod
     def replacing(cls, plain: Upsample) -> FoldedUpsample:
-        with torch.device("meta"):
-            folded = cls(plain.conv.in_channels)
-        folded.conv = plain.conv
-        return folded
+        return moved(plain, cls)
 
     def plain(self) -> Upsample:
-        with torch.device("meta"):
-            plain = Upsample(self.conv.in_channels)
-        plain.conv = self.conv
-        return plain
+        return moved(self, Upsample)
 
     def forward(self, x: Tensor) -> Tensor:
         if not foldable(x, self.conv, self.fold_from_area):

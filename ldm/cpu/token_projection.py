@@ -10,10 +10,10 @@ convs as convs); off the CPU the plain path runs.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ldm.cpu.moved import moved
 from ldm.models.unet import SpatialTransformer
 
 
@@ -23,16 +23,10 @@ class PointwiseConv(nn.Conv2d):
 
     @classmethod
     def replacing(cls, conv: nn.Conv2d) -> PointwiseConv:
-        with torch.device("meta"):
-            pointwise = cls(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
-        pointwise.weight, pointwise.bias = conv.weight, conv.bias
-        return pointwise
+        return moved(conv, cls)
 
     def plain(self) -> nn.Conv2d:
-        with torch.device("meta"):
-            conv = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=self.bias is not None)
-        conv.weight, conv.bias = self.weight, self.bias
-        return conv
+        return moved(self, nn.Conv2d)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
@@ -43,12 +37,12 @@ class PointwiseConv(nn.Conv2d):
 class TokenProjectedTransformer(SpatialTransformer):
     @classmethod
     def replacing(cls, plain: SpatialTransformer) -> TokenProjectedTransformer:
-        projected = _moved(plain, cls)
+        projected = moved(plain, cls)
         projected.proj_in, projected.proj_out = (PointwiseConv.replacing(c) for c in (plain.proj_in, plain.proj_out))
         return projected
 
     def plain(self) -> SpatialTransformer:
-        plain = _moved(self, SpatialTransformer)
+        plain = moved(self, SpatialTransformer)
         plain.proj_in, plain.proj_out = (c.plain() if isinstance(c, PointwiseConv) else c
                                          for c in (self.proj_in, self.proj_out))  # fmt: skip
         return plain
@@ -64,12 +58,3 @@ class TokenProjectedTransformer(SpatialTransformer):
         out = self.proj_out(y).transpose(1, 2).reshape(-1, c, h, w)
         out.unflatten(0, (-1, b)).add_(x)  # x is one copy of each row when the blocks made copies of them
         return out
-
-
-def _moved(transformer: SpatialTransformer, kind: type[SpatialTransformer]) -> SpatialTransformer:
-    """A `kind` transformer holding `transformer`'s children (no weight is copied)."""
-    new = kind.__new__(kind)
-    nn.Module.__init__(new)
-    for name, child in transformer.named_children():
-        setattr(new, name, child)
-    return new
