@@ -9,6 +9,7 @@ from pathlib import Path
 TOOLS = Path(__file__).parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 import bench  # noqa: E402
+
 from ldm.cpu.features import native_bfloat16  # noqa: E402
 
 
