@@ -30,8 +30,12 @@ def transformers() -> tuple[nn.Sequential, nn.Sequential]:
 
 @pytest.mark.parametrize("pack", [False, True])
 def test_the_same_numbers_and_keys_as_the_conv_projections_also_for_a_guided_batch(pack):
+    """Packed, the swapped-in projections; unpacked (as when packing is unavailable), the plain linear path."""
     plain, model = transformers()
-    swap_in(model, pack=pack)
+    if pack:
+        swap_in(model)
+    else:
+        model[0] = TokenProjectedTransformer.replacing(model[0])
     assert type(model[0]) is TokenProjectedTransformer
     kind = PackedPointwiseConv if pack else PointwiseConv
     assert type(model[0].proj_in) is kind and type(model[0].proj_out) is kind
@@ -61,7 +65,7 @@ def test_an_edit_through_the_packed_weight_computes_and_swap_out_gives_plain_con
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(), strict=True))
 
 
-def test_a_pointwise_conv_takes_a_map_as_a_conv_and_int8_keeps_the_conv_projections():
+def test_a_pointwise_conv_takes_a_map_as_a_conv_and_unpacked_or_int8_layers_keep_the_conv_projections():
     conv = nn.Conv2d(8, 5, 1)
     pointwise = PointwiseConv.replacing(conv)
     x = torch.randn(2, 8, 3, 3)
@@ -73,6 +77,7 @@ def test_a_pointwise_conv_takes_a_map_as_a_conv_and_int8_keeps_the_conv_projecti
         for _ in range(2):  # packs on tokens, then still takes a map
             assert torch.allclose(packed(tokens), conv(x).flatten(2).transpose(1, 2), atol=1e-5)
             assert torch.allclose(packed(x), conv(x), atol=1e-5)
-    _, model = transformers()
-    swap_in(model, pack=False, int8=True)
-    assert type(model[0]) is SpatialTransformer
+    for pack, int8 in ((False, False), (False, True), (True, True)):  # unpacked, a float32 linear is MKL's
+        _, model = transformers()
+        swap_in(model, pack=pack, int8=int8)
+        assert type(model[0]) is SpatialTransformer

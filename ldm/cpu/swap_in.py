@@ -31,7 +31,10 @@ def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Mo
     """Replace `model`'s modules by their faster equals, in place; `pack` also packs weights (a CPU without
     offload: the packed copies live in CPU memory); `int8` quantizes its convs and linear layers first
     (ldm/cpu/int8.py), and the layers left float pack."""
-    swaps = {k: v for k, v in SWAPS.items() if not (int8 and v is TokenProjectedTransformer)}  # int8 quantizes 1x1s
+    # The projections as linear layers only where they pack: unpacked, a float32 linear is MKL's (ldm/cpu/features.py);
+    # int8 quantizes them as convs.
+    projected = pack and not int8
+    swaps = {k: v for k, v in SWAPS.items() if projected or v is not TokenProjectedTransformer}
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if type(child) in swaps:

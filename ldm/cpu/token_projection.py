@@ -2,10 +2,10 @@
 
 SD v1 projects into and out of its transformer blocks with 1x1 convs on (B, C, H, W) maps, and reshapes the map to
 (B, HW, C) tokens between them. On a CPU each 1x1 conv has oneDNN convert its input and output layouts (and, not
-packed, its weight) on every call, which in bfloat16 costs more than the product; over the tokens it is a plain
-matmul, which packs as a linear layer does (ldm/cpu/packing.py). The same keys and weights: the convs keep their
-(C, C, 1, 1) weights, read as (C, C). Swapped in by ldm/cpu/swap_in.py, except for int8 (which quantizes the 1x1
-convs as convs); off the CPU the plain path runs.
+packed, its weight) on every call; over the tokens it is a plain matmul, which packs as a linear layer does
+(ldm/cpu/packing.py). The same keys and weights: the convs keep their (C, C, 1, 1) weights, read as (C, C).
+Swapped in by ldm/cpu/swap_in.py where the layers pack, and not for int8 (which quantizes the 1x1 convs as convs);
+off the CPU the plain path runs.
 """
 
 from __future__ import annotations
