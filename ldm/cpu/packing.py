@@ -4,8 +4,8 @@ PyTorch hands a CPU convolution's or linear layer's weight to oneDNN in the plai
 into its blocked layout on every call. For the U-Net's 1280-channel 3x3 convs at 4x4 latents that copy is 3/4
 of the call. `pack_weights(model)` swaps every 3x3 Conv2d and every Linear for a layer that reorders its weight
 on its first CPU call (float32 or bfloat16, no autograd) and keeps only the reordered copy: loading stays as fast,
-and the first call pays the reorders and the new memory once more (1-2 s for SD v1's U-Net here). 1x1 convs are
-left alone: packed, they were no faster; the transformers' 1x1 projections pack as the linear layers they are on
+and the first call pays the reorders and the new memory once more (the README has the figures). 1x1 convs
+are left alone: packed, they were no faster; the transformers' 1x1 projections pack as the linear layers they are on
 tokens (PackedPointwiseConv). A GEGLU feed-forward packs as one fused layer (FusedGEGLU).
 
 A packed layer still answers `.weight`: reading it unpacks the layer (the dense Parameter is back, to read or

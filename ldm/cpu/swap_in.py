@@ -17,7 +17,7 @@ from ldm.cpu.blocked_attention import BlockedAttention
 from ldm.cpu.folded import FoldedUpsample, FoldingSequential, folds_pairs
 from ldm.cpu.int8 import quantize_weights
 from ldm.cpu.looked_up import LookedUpEmbedding
-from ldm.cpu.packing import pack_weights, unpack_weights
+from ldm.cpu.packing import pack_weights, packing_available, unpack_weights
 from ldm.cpu.token_projection import TokenProjectedTransformer
 from ldm.models.layers import Upsample
 from ldm.models.unet import CrossAttention, SpatialTransformer
@@ -33,7 +33,7 @@ def swap_in(model: nn.Module, *, pack: bool = True, int8: bool = False) -> nn.Mo
     (ldm/cpu/int8.py), and the layers left float pack."""
     # The projections as linear layers only where they pack: unpacked, a float32 linear is MKL's (ldm/cpu/features.py);
     # int8 quantizes them as convs.
-    projected = pack and not int8
+    projected = pack and not int8 and packing_available()
     swaps = {k: v for k, v in SWAPS.items() if projected or v is not TokenProjectedTransformer}
     for parent in list(model.modules()):
         for name, child in parent.named_children():
